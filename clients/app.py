@@ -1,0 +1,90 @@
+"""The Flower ``ClientApp`` every backend runs (inline Grid, Ray simulation, Deployment Engine).
+
+A node finds its data shard from ``context.node_config["partition-id"]`` and rebuilds the
+federation from the config (seeded, cached per process), so the app carries only the
+config and works unchanged in any process that Flower starts it in.
+
+Replies: ``train`` -> ``{"arrays": ArrayRecord, "metrics": MetricRecord}`` with
+``num-examples`` (FedAvg's weighting key) and ``train_loss``; ``evaluate`` ->
+``{"metrics": MetricRecord}`` with ``num-examples``, ``eval_loss``, ``eval_accuracy``
+on the client's local test split. Per-node bookkeeping (rounds and steps trained) lives
+in ``context.state`` and so persists across rounds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients.trainer import batch_schedule, get_trainer
+from sandbox.config import Config
+from sandbox.data import ClientData, load_federated_data
+from sandbox.models import ModelSpec
+
+STATE_KEY = "client-progress"
+
+
+def model_spec_for(cfg: Config) -> ModelSpec:
+    data = load_federated_data(cfg.data, cfg.seed)
+    return ModelSpec.from_config(cfg.model, data.input_shape, data.num_classes)
+
+
+def arrays_to_record(spec: ModelSpec, weights: list[np.ndarray]) -> ArrayRecord:
+    names = spec.weight_names()
+    return ArrayRecord({n: Array(w) for n, w in zip(names, weights, strict=True)})
+
+
+def client_seed(seed: int, server_round: int, partition_id: int) -> np.random.SeedSequence:
+    """Per (run seed, round, client) stream: independent of delivery order and backend."""
+    return np.random.SeedSequence([seed, server_round, partition_id])
+
+
+def make_client_app(cfg: Config) -> ClientApp:
+    """Build the ``ClientApp`` for experiment ``cfg``."""
+    app = ClientApp()
+
+    def local(context: Context) -> tuple[int, ClientData]:
+        partition_id = int(context.node_config["partition-id"])
+        return partition_id, load_federated_data(cfg.data, cfg.seed).clients[partition_id]
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        partition_id, data = local(context)
+        spec = model_spec_for(cfg)
+        trainer = get_trainer(cfg.framework, spec, cfg.train)
+        trainer.set_weights(msg.content["arrays"].to_numpy_ndarrays())
+        server_round = int(msg.content["config"]["server-round"])
+        seeds = client_seed(cfg.seed, server_round, partition_id)
+        rng = np.random.default_rng(seeds)
+        schedule = batch_schedule(len(data.y_train), cfg.train, rng)
+        torch_seed = int(seeds.generate_state(1)[0] & 0x7FFFFFFF)
+        loss = trainer.fit(data.x_train, data.y_train, schedule, seed=torch_seed)
+        _record_progress(context, steps=len(schedule))
+        metrics = MetricRecord({"train_loss": loss, "num-examples": len(data.y_train)})
+        content = RecordDict(
+            {"arrays": arrays_to_record(spec, trainer.get_weights()), "metrics": metrics}
+        )
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        _, data = local(context)
+        trainer = get_trainer(cfg.framework, model_spec_for(cfg), cfg.train)
+        trainer.set_weights(msg.content["arrays"].to_numpy_ndarrays())
+        loss, accuracy = trainer.evaluate(data.x_test, data.y_test)
+        metrics = MetricRecord(
+            {"eval_loss": loss, "eval_accuracy": accuracy, "num-examples": len(data.y_test)}
+        )
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+def _record_progress(context: Context, *, steps: int) -> None:
+    progress = context.state.metric_records.get(STATE_KEY)
+    if progress is None:
+        progress = MetricRecord({"rounds": 0, "steps": 0})
+    progress["rounds"] = int(progress["rounds"]) + 1
+    progress["steps"] = int(progress["steps"]) + steps
+    context.state[STATE_KEY] = progress

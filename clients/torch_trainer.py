@@ -1,0 +1,141 @@
+"""PyTorch bridge: build a :class:`~sandbox.models.ModelSpec` as an ``nn.Module`` and train it.
+
+Inputs arrive channels-last (the canonical data layout); the module moves channels first
+for its convolutions and back to channels-last before flattening, so the flattened
+features, and hence the dense weights, line up with the Keras model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from sandbox.config import TrainConfig
+from sandbox.models import ModelSpec
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU}
+
+
+class SpecModule(nn.Module):
+    """``ModelSpec`` as a torch module; parameters ordered as the canonical layout."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        conv_cls = {1: nn.Conv1d, 2: nn.Conv2d}.get(spec.conv_ndim)
+        pool_cls = {1: nn.MaxPool1d, 2: nn.MaxPool2d}.get(spec.conv_ndim)
+        convs: list[nn.Module] = []
+        for layer in spec.conv_layers():
+            convs.append(conv_cls(layer.in_channels, layer.out_channels, layer.kernel_size,
+                                  padding="same"))
+            convs.append(_ACTIVATIONS[spec.activation]())
+            if layer.pool:
+                convs.append(pool_cls(2))
+        self.features = nn.Sequential(*convs)
+        dense: list[nn.Module] = []
+        sizes = spec.dense_sizes()
+        for i, (fan_in, fan_out) in enumerate(sizes):
+            dense.append(nn.Linear(fan_in, fan_out))
+            if i < len(sizes) - 1:
+                dense.append(_ACTIVATIONS[spec.activation]())
+                if spec.dropout:
+                    dense.append(nn.Dropout(spec.dropout))
+        self.classifier = nn.Sequential(*dense)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.conv_ndim:
+            x = torch.movedim(x, -1, 1)  # channels-last -> channels-first
+            x = torch.movedim(self.features(x), 1, -1)  # and back before flattening
+        return self.classifier(torch.flatten(x, 1))
+
+
+def to_torch_layout(array: np.ndarray) -> np.ndarray:
+    """Canonical (Keras) layout -> torch parameter layout."""
+    if array.ndim == 2:  # dense (in, out) -> (out, in)
+        return array.T
+    if array.ndim >= 3:  # conv (*k, in, out) -> (out, in, *k)
+        return np.moveaxis(array, (-1, -2), (0, 1))
+    return array
+
+
+def from_torch_layout(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 2:
+        return array.T
+    if array.ndim >= 3:
+        return np.moveaxis(array, (0, 1), (-1, -2))
+    return array
+
+
+def build_module(spec: ModelSpec, weights: list[np.ndarray] | None = None) -> SpecModule:
+    module = SpecModule(spec)
+    if weights is not None:
+        load_weights(module, weights)
+    return module
+
+
+def load_weights(module: nn.Module, weights: list[np.ndarray]) -> None:
+    params = list(module.parameters())
+    if len(params) != len(weights):
+        raise ValueError(f"expected {len(params)} weight arrays, got {len(weights)}")
+    with torch.no_grad():
+        for param, array in zip(params, weights, strict=True):
+            param.copy_(torch.from_numpy(np.ascontiguousarray(to_torch_layout(array))))
+
+
+class TorchTrainer:
+    """Local SGD/Adam training of a ``SpecModule`` (see :class:`clients.trainer.Trainer`)."""
+
+    def __init__(self, spec: ModelSpec, cfg: TrainConfig) -> None:
+        self.spec = spec
+        self.cfg = cfg
+        self.module = build_module(spec)
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [
+            np.ascontiguousarray(from_torch_layout(p.detach().numpy()))
+            for p in self.module.parameters()
+        ]
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        load_weights(self.module, weights)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        params = self.module.parameters()
+        if self.cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.cfg.lr)
+        return torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum)
+
+    def fit(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int) -> float:
+        torch.manual_seed(seed)  # dropout masks
+        optimizer = self._optimizer()  # fresh optimizer state each round, as in FedAvg
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        rows = torch.from_numpy(schedule)
+        self.module.train()
+        total = torch.zeros(())
+        for idx in rows:
+            optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.module(xt[idx]), yt[idx])
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+        return float(total) / max(len(schedule), 1)
+
+    @torch.no_grad()
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        self.module.eval()
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(y), 4096):
+            xb = torch.from_numpy(x[start : start + 4096])
+            yb = torch.from_numpy(y[start : start + 4096])
+            logits = self.module(xb)
+            loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(1) == yb).sum())
+        n = max(len(y), 1)
+        return loss_sum / n, correct / n
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        self.module.eval()
+        with torch.no_grad():
+            return self.module(torch.from_numpy(x)).numpy()

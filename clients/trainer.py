@@ -1,0 +1,71 @@
+"""The small protocol both framework trainers follow, and the shared batch schedule.
+
+Both trainers draw mini-batches from the same numpy index schedule, so a torch client
+and a Keras client see identical batches for the same seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from sandbox.config import TrainConfig
+    from sandbox.models import ModelSpec
+
+
+class Trainer(Protocol):
+    """Local training for one model architecture; weights in the canonical layout."""
+
+    def get_weights(self) -> list[np.ndarray]: ...
+
+    def set_weights(self, weights: list[np.ndarray]) -> None: ...
+
+    def fit(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int) -> float:
+        """Run one optimizer step per schedule row; return the mean training loss."""
+        ...
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """Mean cross-entropy loss and accuracy on ``(x, y)``."""
+        ...
+
+
+def batch_schedule(
+    num_examples: int, cfg: TrainConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """Index matrix ``(steps, batch)``: rows are mini-batches of a reshuffled stream.
+
+    ``train.local_steps`` gives the number of rows directly; ``train.local_epochs`` gives
+    ``epochs * ceil(n / batch)`` rows. Batches have a fixed size ``min(batch_size, n)``:
+    the stream of per-epoch permutations wraps across epoch boundaries instead of
+    emitting a short last batch, which keeps one compiled step shape per client.
+    """
+    batch = min(cfg.batch_size, num_examples)
+    if cfg.local_steps is not None:
+        steps = cfg.local_steps
+    else:
+        steps = cfg.epochs_or_default * math.ceil(num_examples / batch)
+    needed = steps * batch
+    perms = [rng.permutation(num_examples) for _ in range(math.ceil(needed / num_examples))]
+    return np.concatenate(perms)[:needed].reshape(steps, batch).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=8)
+def get_trainer(framework: str, spec: ModelSpec, train: TrainConfig) -> Trainer:
+    """One trainer per (framework, architecture, optimizer) and process.
+
+    Clients share it: each message loads that client's weights first, so building the
+    model and compiling its step happens once per process, not once per client.
+    """
+    if framework == "torch":
+        from clients.torch_trainer import TorchTrainer
+
+        return TorchTrainer(spec, train)
+    if framework == "keras":
+        from clients.keras_trainer import KerasTrainer
+
+        return KerasTrainer(spec, train)
+    raise ValueError(f"unknown framework '{framework}'; allowed: torch, keras")

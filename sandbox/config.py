@@ -1,0 +1,275 @@
+"""Experiment configuration: TOML file -> validated, typed :class:`Config`.
+
+Every key is documented in ``configs/README.md``. Validation errors are collected into
+one :class:`ConfigError` whose message names each offending key, the value given and what
+is allowed; nothing is written before a config validates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sandbox.errors import ConfigError
+
+Framework = Literal["torch", "keras"]
+Backend = Literal["inline", "ray"]
+DatasetName = Literal["digits", "mnist1d", "synthetic", "npz", "csv"]
+PartitionerName = Literal["iid", "dirichlet", "shards", "quantity_skew", "natural"]
+ArchName = Literal["mlp", "cnn"]
+Activation = Literal["relu", "tanh", "sigmoid", "elu"]
+OptimizerName = Literal["sgd", "adam"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class DataConfig(_Section):
+    dataset: DatasetName = "digits"
+    num_clients: int = Field(10, ge=1, le=100_000)
+    partitioner: PartitionerName = "dirichlet"
+    alpha: float = Field(0.5, gt=0)
+    shards_per_client: int = Field(2, ge=1)
+    quantity_beta: float = Field(0.5, gt=0)
+    min_partition_size: int = Field(10, ge=0)
+    test_fraction: float = Field(0.2, ge=0, lt=1)
+    global_test_fraction: float = Field(0.2, gt=0, lt=1)
+    num_samples: int = Field(4000, ge=10)
+    synthetic_alpha: float = Field(1.0, ge=0)
+    synthetic_beta: float = Field(1.0, ge=0)
+    synthetic_dim: int = Field(60, ge=1)
+    num_classes: int = Field(10, ge=2)
+    path: str = ""
+    label_column: str = "label"
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> DataConfig:
+        if self.dataset in ("npz", "csv") and not self.path:
+            raise ValueError(f"data.path is required for dataset '{self.dataset}'")
+        if self.partitioner == "natural" and self.dataset != "synthetic":
+            raise ValueError(
+                "data.partitioner='natural' needs data.dataset='synthetic' "
+                "(the only dataset with a natural client split)"
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    arch: ArchName = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [64])
+    channels: list[int] = Field(default_factory=lambda: [16, 32])
+    kernel_size: int = Field(3, ge=1, le=15)
+    activation: Activation = "relu"
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> ModelConfig:
+        for key in ("hidden", "channels"):
+            if any(width < 1 for width in getattr(self, key)):
+                raise ValueError(f"model.{key} entries must be >= 1, got {getattr(self, key)}")
+        if self.arch == "cnn" and not self.channels:
+            raise ValueError("model.channels must list at least one conv layer for arch 'cnn'")
+        return self
+
+
+class TrainConfig(_Section):
+    optimizer: OptimizerName = "sgd"
+    lr: float = Field(0.05, gt=0, le=10)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    batch_size: int = Field(32, ge=1)
+    local_epochs: int | None = Field(None, ge=1)
+    local_steps: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TrainConfig:
+        if self.local_epochs is not None and self.local_steps is not None:
+            raise ValueError("set only one of train.local_epochs and train.local_steps")
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError("train.momentum applies to optimizer 'sgd' only")
+        return self
+
+    @property
+    def epochs_or_default(self) -> int:
+        return self.local_epochs if self.local_epochs is not None else 1
+
+
+class FederationConfig(_Section):
+    strategy: str = "fedavg"
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    fraction_evaluate: float = Field(1.0, ge=0, le=1)
+    strategy_args: dict[str, float | int | bool | str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_strategy(self) -> FederationConfig:
+        from strategies import available
+
+        if self.strategy not in available():
+            raise ValueError(
+                f"unknown federation.strategy '{self.strategy}'; allowed: {', '.join(available())}"
+            )
+        return self
+
+
+class RayConfig(_Section):
+    num_cpus_per_client: float = Field(1.0, gt=0)
+
+
+class OutputConfig(_Section):
+    dir: str = "results"
+    tensorboard: bool = True
+    plot: bool = True
+    save_weights: bool = True
+    progress: bool = True
+
+
+class Config(_Section):
+    """One federated experiment. Defaults reproduce ``configs/quickstart.toml``."""
+
+    name: str = "experiment"
+    seed: int = Field(0, ge=0, lt=2**31)
+    framework: Framework = "torch"
+    backend: Backend = "inline"
+    rounds: int = Field(20, ge=1, le=100_000)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def config_hash(self) -> str:
+        """Stable hash of every setting that changes the computation (output is excluded)."""
+        payload = {k: v for k, v in self.to_dict().items() if k not in ("output", "name")}
+        text = json.dumps(payload, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def to_toml(self) -> str:
+        return dict_to_toml(self.to_dict())
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Config:
+    """Read a TOML experiment file, apply ``a.b=c`` overrides, validate.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        TOML file. ``None`` starts from the built-in defaults.
+    overrides : list of "key=value" strings or dict of key -> value, optional
+        Dotted keys (``data.alpha``); string values are parsed as TOML values
+        (``0.1``, ``true``, ``[64, 64]``), falling back to a plain string.
+
+    Raises
+    ------
+    ConfigError
+        With one line per problem, each naming the key and what is allowed.
+    """
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+        try:
+            raw = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: invalid TOML: {exc}") from None
+    for key, value in _parse_overrides(overrides):
+        _set_dotted(raw, key, value)
+    return validate_config(raw, source=source)
+
+
+def validate_config(raw: dict[str, Any], *, source: str = "config") -> Config:
+    """Validate a nested dict (as read from TOML) into a :class:`Config`."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe_error(err) for err in exc.errors()]
+        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from None
+
+
+def _parse_overrides(overrides: list[str] | dict[str, Any] | None) -> list[tuple[str, Any]]:
+    if overrides is None:
+        return []
+    if isinstance(overrides, dict):
+        return list(overrides.items())
+    parsed = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value (e.g. data.alpha=0.1), got '{item}'")
+        parsed.append((key.strip(), _parse_value(text.strip())))
+    return parsed
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            prefix = ".".join(parts[: depth + 1])
+            raise ConfigError(f"--set {key}: '{prefix}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe_error(err: dict[str, Any]) -> str:
+    loc = ".".join(str(part) for part in err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        section, _, name = loc.rpartition(".")
+        allowed = ", ".join(_allowed_keys(section))
+        where = f"section [{section}]" if section else "top level"
+        return f"  {loc}: unknown key '{name}' in {where}; allowed keys: {allowed}"
+    if kind == "value_error":
+        return f"  {err['msg'].removeprefix('Value error, ')}"
+    given = err.get("input")
+    return f"  {loc or '(top level)'}: {err['msg']} (got {given!r})"
+
+
+def _allowed_keys(section: str) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in filter(None, section.split(".")):
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def dict_to_toml(data: dict[str, Any]) -> str:
+    """Write a nested dict of TOML-compatible values (tables after scalars)."""
+    lines: list[str] = []
+    _emit_table(data, [], lines)
+    return "\n".join(lines).strip() + "\n"
+
+
+def _emit_table(data: dict[str, Any], path: list[str], lines: list[str]) -> None:
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    if path and (scalars or not tables):
+        lines.append(f"\n[{'.'.join(path)}]")
+    for key, value in scalars.items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    for key, value in tables.items():
+        _emit_table(value, [*path, key], lines)

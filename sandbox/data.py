@@ -1,0 +1,291 @@
+"""Offline datasets and seeded federated partitions.
+
+Every dataset is a pair of numpy arrays ``x`` (float32, channels-last) and ``y`` (int64).
+A global test set is held out first; the rest is split over clients by a partitioner
+(flwr-datasets partitioners where one fits) and each client's share is split again into
+local train/test. Same ``DataConfig`` + seed -> identical partitions.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sandbox.errors import DataError
+
+if TYPE_CHECKING:
+    from sandbox.config import DataConfig
+
+
+@dataclass(frozen=True)
+class ClientData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    clients: list[ClientData]
+    x_test: np.ndarray
+    y_test: np.ndarray
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    def stats(self) -> dict:
+        """Samples and label histogram per client (saved with each run)."""
+        per_client = [
+            {
+                "client": cid,
+                "n_train": int(len(c.y_train)),
+                "n_test": int(len(c.y_test)),
+                "label_hist": np.bincount(c.y_train, minlength=self.num_classes).tolist(),
+            }
+            for cid, c in enumerate(self.clients)
+        ]
+        return {
+            "num_clients": len(self.clients),
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
+            "global_test_size": int(len(self.y_test)),
+            "clients": per_client,
+        }
+
+
+def load_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
+    """Build (or fetch from the per-process cache) the federation for ``cfg`` and ``seed``."""
+    return _load_cached(cfg, seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(cfg: DataConfig, seed: int) -> FederatedData:
+    rng = np.random.default_rng(seed)
+    if cfg.dataset == "synthetic" and cfg.partitioner == "natural":
+        groups = make_synthetic(cfg, rng)
+        return _from_natural_groups(groups, cfg, rng)
+    if cfg.dataset == "synthetic":
+        groups = make_synthetic(cfg, rng)
+        x = np.concatenate([g[0] for g in groups])
+        y = np.concatenate([g[1] for g in groups])
+    else:
+        x, y = load_arrays(cfg, seed)
+    _check_labels(y, cfg)
+    order = rng.permutation(len(y))
+    x, y = x[order], y[order]
+    n_test = max(1, int(round(len(y) * cfg.global_test_fraction)))
+    x_test, y_test, x_pool, y_pool = x[:n_test], y[:n_test], x[n_test:], y[n_test:]
+    num_classes = int(max(y.max() + 1, 2))
+    parts = partition_indices(y_pool, cfg, seed=seed, num_classes=num_classes)
+    clients = [_split_client(x_pool[idx], y_pool[idx], cfg.test_fraction, rng) for idx in parts]
+    return FederatedData(clients, x_test, y_test, tuple(x.shape[1:]), num_classes)
+
+
+def load_arrays(cfg: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The whole labelled dataset as ``(x, y)``."""
+    if cfg.dataset == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x = (bunch.images / 16.0).astype(np.float32)[..., None]
+        return x, bunch.target.astype(np.int64)
+    if cfg.dataset == "mnist1d":
+        return _make_mnist1d(cfg.num_samples, seed)
+    if cfg.dataset == "npz":
+        return _read_npz(Path(cfg.path))
+    if cfg.dataset == "csv":
+        return _read_csv(Path(cfg.path), cfg.label_column)
+    raise DataError(f"data.dataset '{cfg.dataset}' has no array loader")
+
+
+def _make_mnist1d(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = num_samples
+    args.train_split = 1.0
+    args.seed = seed
+    # mnist1d seeds the global RNGs; keep the caller's global state untouched.
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return data["x"].astype(np.float32)[..., None], data["y"].astype(np.int64)
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"data.path: npz file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = {"x", "y"} - set(archive.files)
+            if missing:
+                raise DataError(
+                    f"data.path: {path} lacks array(s) {sorted(missing)}; "
+                    f"it has {archive.files}, expected 'x' (features) and 'y' (integer labels)"
+                )
+            x, y = archive["x"], archive["y"]
+    except (OSError, ValueError) as exc:
+        raise DataError(f"data.path: cannot read {path} as npz: {exc}") from None
+    if len(x) != len(y):
+        raise DataError(f"data.path: {path}: x has {len(x)} rows but y has {len(y)}")
+    return x.astype(np.float32), _as_labels(y, path)
+
+
+def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"data.path: csv file not found: {path}")
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if len(rows) < 2:
+        raise DataError(f"data.path: {path} needs a header row and at least one data row")
+    header, body = rows[0], rows[1:]
+    if label_column not in header:
+        raise DataError(
+            f"data.label_column: '{label_column}' is not a column of {path}; columns: {header}"
+        )
+    label_at = header.index(label_column)
+    try:
+        table = np.array(body, dtype=np.float64)
+    except ValueError as exc:
+        raise DataError(f"data.path: {path} has a non-numeric cell: {exc}") from None
+    x = np.delete(table, label_at, axis=1).astype(np.float32)
+    return x, _as_labels(table[:, label_at], path)
+
+
+def _as_labels(y: np.ndarray, path: Path) -> np.ndarray:
+    if y.ndim != 1 or not np.all(np.equal(np.mod(y, 1), 0)) or y.min() < 0:
+        raise DataError(f"data.path: {path}: labels must be a 1-D array of integers >= 0")
+    return y.astype(np.int64)
+
+
+def _check_labels(y: np.ndarray, cfg: DataConfig) -> None:
+    if len(np.unique(y)) < 2:
+        raise DataError(f"data.dataset '{cfg.dataset}' has fewer than 2 distinct labels")
+
+
+def make_synthetic(cfg: DataConfig, rng: np.random.Generator) -> list[tuple[np.ndarray, ...]]:
+    """FedProx's Synthetic(alpha, beta): one softmax-linear task per client.
+
+    Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020. ``alpha``
+    controls how much the local models differ, ``beta`` how much the local inputs differ;
+    client sizes follow a log-normal law as in the paper.
+    """
+    k, dim, classes = cfg.num_clients, cfg.synthetic_dim, cfg.num_classes
+    raw = rng.lognormal(4, 2, k)
+    sizes = np.maximum(20, np.floor(raw / raw.sum() * cfg.num_samples)).astype(int)
+    diag_sd = np.sqrt(np.arange(1, dim + 1, dtype=np.float64) ** -1.2)
+    model_shift = rng.normal(0, cfg.synthetic_alpha, k)
+    input_shift = rng.normal(0, cfg.synthetic_beta, k)
+    groups = []
+    for cid in range(k):
+        w = rng.normal(model_shift[cid], 1, (dim, classes))
+        b = rng.normal(model_shift[cid], 1, classes)
+        mean = rng.normal(input_shift[cid], 1, dim)
+        x = rng.normal(mean, diag_sd, (sizes[cid], dim))
+        y = np.argmax(x @ w + b, axis=1)
+        groups.append((x.astype(np.float32), y.astype(np.int64)))
+    return groups
+
+
+def _from_natural_groups(groups, cfg: DataConfig, rng: np.random.Generator) -> FederatedData:
+    clients, test_x, test_y = [], [], []
+    for x, y in groups:
+        n_global = int(round(len(y) * cfg.global_test_fraction))
+        order = rng.permutation(len(y))
+        test_x.append(x[order[:n_global]])
+        test_y.append(y[order[:n_global]])
+        rest = order[n_global:]
+        clients.append(_split_client(x[rest], y[rest], cfg.test_fraction, rng))
+    return FederatedData(
+        clients, np.concatenate(test_x), np.concatenate(test_y), (cfg.synthetic_dim,),
+        cfg.num_classes,
+    )
+
+
+def _split_client(x, y, test_fraction: float, rng: np.random.Generator) -> ClientData:
+    order = rng.permutation(len(y))
+    n_test = min(int(len(y) * test_fraction), max(len(y) - 1, 0))
+    test, train = order[:n_test], order[n_test:]
+    return ClientData(x[train], y[train], x[test], y[test])
+
+
+def partition_indices(
+    y: np.ndarray, cfg: DataConfig, *, seed: int, num_classes: int
+) -> list[np.ndarray]:
+    """Split sample indices over ``cfg.num_clients`` clients with ``cfg.partitioner``."""
+    n, k = len(y), cfg.num_clients
+    if k > n:
+        raise DataError(f"data.num_clients={k} exceeds the {n} training samples available")
+    if cfg.partitioner == "quantity_skew":
+        return _quantity_skew(n, cfg, seed)
+    return _flwr_partition(y, cfg, seed=seed, num_classes=num_classes)
+
+
+def _flwr_partition(y, cfg: DataConfig, *, seed: int, num_classes: int) -> list[np.ndarray]:
+    from flwr_datasets import partitioner as fp
+
+    k = cfg.num_clients
+    if cfg.partitioner == "iid":
+        # Equal slices of a seeded shuffle (IidPartitioner's slicing, but shuffled first).
+        order = np.random.default_rng(seed).permutation(len(y))
+        return [np.sort(part) for part in np.array_split(order, k)]
+    if cfg.partitioner == "dirichlet":
+        part = fp.DirichletPartitioner(
+            num_partitions=k, partition_by="label", alpha=cfg.alpha,
+            min_partition_size=cfg.min_partition_size, self_balancing=False, seed=seed,
+        )
+    elif cfg.partitioner == "shards":
+        if cfg.shards_per_client > num_classes:
+            raise DataError(
+                f"data.shards_per_client={cfg.shards_per_client} exceeds the "
+                f"{num_classes} classes of dataset '{cfg.dataset}'"
+            )
+        part = fp.PathologicalPartitioner(
+            num_partitions=k, partition_by="label",
+            num_classes_per_partition=cfg.shards_per_client,
+            class_assignment_mode="first-deterministic", seed=seed,
+        )
+    else:
+        raise DataError(f"data.partitioner '{cfg.partitioner}' is not valid here")
+    part.dataset = _label_table(y)
+    try:
+        return [np.asarray(part.load_partition(i)["idx"], dtype=np.int64) for i in range(k)]
+    except ValueError as exc:
+        raise DataError(
+            f"data.partitioner='{cfg.partitioner}' failed for {k} clients on {len(y)} samples "
+            f"(data.alpha={cfg.alpha}, data.min_partition_size={cfg.min_partition_size}): {exc}"
+        ) from None
+
+
+def _label_table(y: np.ndarray):
+    import datasets
+
+    datasets.disable_progress_bars()
+    return datasets.Dataset.from_dict({"idx": np.arange(len(y)), "label": y})
+
+
+def _quantity_skew(n: int, cfg: DataConfig, seed: int) -> list[np.ndarray]:
+    """Client sizes ~ Dirichlet(beta) over clients, labels IID (Li et al., NIID-Bench 2022)."""
+    from flwr_datasets.partitioner import SizePartitioner
+
+    k, floor = cfg.num_clients, cfg.min_partition_size
+    if k * floor > n:
+        raise DataError(
+            f"data.min_partition_size={floor} x data.num_clients={k} exceeds the {n} samples"
+        )
+    rng = np.random.default_rng(seed)
+    shares = rng.dirichlet(np.full(k, cfg.quantity_beta))
+    sizes = floor + rng.multinomial(n - k * floor, shares)
+    order = rng.permutation(n)
+    part = SizePartitioner(partition_sizes=sizes.tolist())
+    part.dataset = _label_table(np.zeros(n, dtype=np.int64))
+    return [order[np.asarray(part.load_partition(i)["idx"], dtype=np.int64)] for i in range(k)]

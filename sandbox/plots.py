@@ -1,0 +1,78 @@
+"""PNG plots of a run: metrics per round and partition label histograms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metrics(rows: list[dict], path: Path, title: str) -> None:
+    """Accuracy and loss per round: centralized (global test set) and federated (client test)."""
+    plt = _pyplot()
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    series = {
+        acc_ax: [("central_accuracy", "centralized"), ("eval_accuracy", "federated eval")],
+        loss_ax: [("central_loss", "centralized"), ("eval_loss", "federated eval"),
+                  ("train_loss", "client train")],
+    }
+    for ax, keys in series.items():
+        for key, label in keys:
+            points = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker=".", label=label)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    acc_ax.set_ylabel("accuracy")
+    loss_ax.set_ylabel("loss")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_partitions(stats: dict, path: Path, title: str) -> None:
+    """Stacked bars: training samples per label for every client."""
+    plt = _pyplot()
+    hist = np.array([c["label_hist"] for c in stats["clients"]])
+    clients = np.arange(len(hist))
+    fig, ax = plt.subplots(figsize=(max(6, min(0.25 * len(hist), 30)), 4))
+    bottom = np.zeros(len(hist))
+    cmap = plt.get_cmap("tab10" if hist.shape[1] <= 10 else "tab20")
+    for label in range(hist.shape[1]):
+        ax.bar(clients, hist[:, label], bottom=bottom, color=cmap(label % cmap.N),
+               label=str(label), width=0.9)
+        bottom += hist[:, label]
+    ax.set_xlabel("client (partition id)")
+    ax.set_ylabel("training samples")
+    ax.set_title(title)
+    if hist.shape[1] <= 20:
+        ax.legend(title="label", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_sweep(values: list, finals: dict[str, list[float]], path: Path, xlabel: str) -> None:
+    """Final centralized accuracy against one swept parameter, one line per series."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, accuracies in finals.items():
+        ax.plot(values, accuracies, marker="o", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("final centralized accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

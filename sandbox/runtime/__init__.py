@@ -1,0 +1,41 @@
+"""Runtime backends: ``inline`` (in-process Grid, default) and ``ray`` (Flower simulation).
+
+Both run the same ``ServerApp`` (``sandbox.runtime.server``) and ``ClientApp``
+(``clients.app``). Flower is imported only when a run starts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sandbox.config import Config
+    from sandbox.runtime.server import RoundObserver
+
+# Flower reports usage over the network by default; runs here are offline.
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+BACKENDS = ("inline", "ray")
+
+
+def run_federation(cfg: Config, observer: RoundObserver) -> None:
+    """Run experiment ``cfg`` on ``cfg.backend``; results arrive through ``observer``."""
+    import logging
+
+    from clients.app import make_client_app
+    from sandbox.runtime.server import make_server_app
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    server_app = make_server_app(cfg, observer)
+    client_app = make_client_app(cfg)
+    if cfg.backend == "inline":
+        from sandbox.runtime.inline import run_inline
+
+        run_inline(server_app, client_app, cfg.data.num_clients)
+    elif cfg.backend == "ray":
+        from sandbox.runtime.ray_backend import run_ray
+
+        run_ray(server_app, client_app, cfg)
+    else:
+        raise ValueError(f"unknown backend '{cfg.backend}'; allowed: {', '.join(BACKENDS)}")

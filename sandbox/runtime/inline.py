@@ -1,0 +1,110 @@
+"""The ``inline`` backend: an in-process Flower ``Grid`` with no SuperLink, Ray or polling.
+
+``InlineGrid`` implements Flower's abstract ``Grid``: pushing a message delivers it
+straight to ``ClientApp(message, context)`` with that node's own ``Context``, which lives
+as long as the grid, so ``context.state`` persists across rounds as it does on a real
+SuperNode. Stock strategies run on it unchanged because ``Strategy.start`` only talks to
+a ``Grid``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+# Node ids are deterministic (Flower's runtimes draw random 64-bit ids).
+FIRST_NODE_ID = 1_000
+
+
+class InlineGrid(Grid):
+    """Deliver each ``Message`` to an in-process ``ClientApp``, one node ``Context`` each."""
+
+    def __init__(self, client_app: ClientApp, num_nodes: int, *, run_id: int) -> None:
+        self._client_app = client_app
+        self._run = Run.create_empty(run_id)
+        self._contexts = {
+            FIRST_NODE_ID + pid: Context(
+                run_id=run_id,
+                node_id=FIRST_NODE_ID + pid,
+                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for pid in range(num_nodes)
+        }
+        self._message_ids = itertools.count(1)
+        self._pending: dict[str, Message] = {}
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self._contexts)
+
+    def node_context(self, node_id: int) -> Context:
+        return self._contexts[node_id]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            if msg.metadata.dst_node_id not in self._contexts:
+                raise ValueError(f"message for unknown node {msg.metadata.dst_node_id}")
+            message_id = str(next(self._message_ids))
+            msg.metadata.__dict__["_message_id"] = message_id
+            self._pending[message_id] = msg
+            ids.append(message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = []
+        for message_id in message_ids:
+            msg = self._pending.pop(message_id)
+            context = self._contexts[msg.metadata.dst_node_id]
+            reply = self._client_app(msg, context)
+            reply.metadata.__dict__["_message_id"] = f"{message_id}-reply"
+            replies.append(reply)
+        return replies
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+
+def run_inline(
+    server_app: ServerApp, client_app: ClientApp, num_nodes: int, *, run_id: int = 1
+) -> InlineGrid:
+    """Run ``server_app`` against ``num_nodes`` in-process nodes; return the grid."""
+    grid = InlineGrid(client_app, num_nodes, run_id=run_id)
+    # Message() reads the sender's identity from the process-wide task identity, which
+    # Flower's own runtimes set before starting a ServerApp.
+    TaskIdentity.task_id = 1
+    TaskIdentity.run_id = run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    server_context = Context(
+        run_id=run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(),
+        run_config={},
+    )
+    server_app(grid, server_context)
+    return grid
