@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from sandbox import ConfigError, load_config
+from sandbox.config import Config, dict_to_toml, validate_config
+from tests.conftest import ROOT
+
+QUICKSTART = ROOT / "configs" / "quickstart.toml"
+
+
+def error_of(overrides, path=QUICKSTART) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return str(info.value)
+
+
+def test_defaults_validate():
+    cfg = load_config()
+    assert cfg.framework == "torch" and cfg.backend == "inline"
+
+
+def test_quickstart_loads_with_typed_overrides():
+    cfg = load_config(QUICKSTART, ["framework=keras", "rounds=30", "model.hidden=[8, 8]"])
+    assert cfg.framework == "keras" and cfg.rounds == 30 and cfg.model.hidden == [8, 8]
+
+
+@pytest.mark.parametrize(
+    ("override", "must_mention"),
+    [
+        ({"data.alfa": 0.1}, ["data.alfa", "unknown key", "alpha"]),
+        ({"bogus": 1}, ["bogus", "top level", "framework"]),
+        ({"rounds": "many"}, ["rounds", "valid integer", "'many'"]),
+        ({"rounds": 2.5}, ["rounds", "valid integer"]),
+        ({"rounds": 0}, ["rounds", "greater than or equal to 1"]),
+        ({"data.alpha": -1.0}, ["data.alpha", "greater than 0"]),
+        ({"train.lr": float("nan")}, ["train.lr"]),
+        ({"data.dataset": "cifar"}, ["data.dataset", "'digits'", "'mnist1d'", "'cifar'"]),
+        ({"model.arch": "resnet"}, ["model.arch", "'mlp'", "'cnn'"]),
+        ({"framework": "jax"}, ["framework", "'torch'", "'keras'"]),
+        ({"backend": "grpc"}, ["backend", "'inline'", "'ray'"]),
+        ({"federation.strategy": "fedfoo"}, ["federation.strategy", "fedfoo", "fedavg"]),
+        ({"train.local_steps": 5}, ["local_epochs", "local_steps"]),
+        ({"data.partitioner": "natural"}, ["natural", "synthetic"]),
+        ({"data.dataset": "npz"}, ["data.path", "npz"]),
+    ],
+)
+def test_bad_values_name_key_and_allowed(override, must_mention):
+    message = error_of(override)
+    for fragment in must_mention:
+        assert fragment in message, (fragment, message)
+
+
+def test_several_errors_reported_together():
+    message = error_of({"rounds": 0, "data.alpha": 0.0})
+    assert "rounds" in message and "data.alpha" in message
+
+
+def test_bad_override_syntax():
+    assert "key=value" in error_of(["rounds"])
+    assert "is a value, not a section" in error_of(["rounds.x=1"])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    assert "not found" in error_of({}, tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("rounds = = 3")
+    assert "invalid TOML" in error_of({}, bad)
+
+
+def test_resolved_toml_round_trips():
+    cfg = load_config(QUICKSTART, {"federation.strategy_args": {"server_momentum": 0.5},
+                                   "train.local_steps": 7, "train.local_epochs": None})
+    import tomllib
+
+    again = validate_config(tomllib.loads(cfg.to_toml()))
+    assert again == cfg and again.config_hash() == cfg.config_hash()
+    assert dict_to_toml({"a": 1, "b": {"c": [1, 2]}}) == "a = 1\n\n[b]\nc = [1, 2]\n"
+
+
+def test_hash_ignores_output_but_not_computation():
+    a = load_config(QUICKSTART)
+    assert a.config_hash() == load_config(QUICKSTART, {"output.dir": "elsewhere"}).config_hash()
+    assert a.config_hash() != load_config(QUICKSTART, {"seed": 1}).config_hash()
+
+
+def test_config_is_immutable():
+    cfg = Config()
+    with pytest.raises(Exception):
+        cfg.rounds = 3  # type: ignore[misc]
+
+
+def test_cli_error_is_one_clear_message_and_writes_nothing(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sandbox", "run", str(QUICKSTART), "--set", "data.alfa=0.1",
+         "--set", f"output.dir={out}"],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "data.alfa" in proc.stderr and "allowed keys" in proc.stderr
+    assert not out.exists()
+
+
+def test_cli_data_error_writes_nothing(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sandbox", "run", str(QUICKSTART), "--set", "data.dataset='npz'",
+         "--set", f"data.path='{tmp_path / 'missing.npz'}'", "--set", f"output.dir={out}"],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "data.path" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sandbox import DataError
+from sandbox.config import DataConfig
+from sandbox.data import load_federated_data, partition_indices
+
+
+def label_entropy(data) -> float:
+    """Mean per-client label entropy (lower = more label skew)."""
+    values = []
+    for client in data.clients:
+        p = np.bincount(client.y_train, minlength=data.num_classes) / len(client.y_train)
+        p = p[p > 0]
+        values.append(-(p * np.log(p)).sum())
+    return float(np.mean(values))
+
+
+@pytest.mark.parametrize("partitioner", ["iid", "dirichlet", "shards", "quantity_skew"])
+def test_partitions_cover_pool_exactly_once(partitioner):
+    y = np.random.default_rng(0).integers(0, 10, 2000)
+    cfg = DataConfig(num_clients=20, partitioner=partitioner, alpha=0.3)
+    parts = partition_indices(y, cfg, seed=3, num_classes=10)
+    assert len(parts) == 20
+    flat = np.concatenate(parts)
+    if partitioner == "shards":  # PathologicalPartitioner may drop unassigned classes
+        assert len(np.unique(flat)) == len(flat)
+    else:
+        assert sorted(flat.tolist()) == list(range(2000))
+    assert min(len(p) for p in parts) > 0
+
+
+@pytest.mark.parametrize("partitioner", ["iid", "dirichlet", "shards", "quantity_skew"])
+def test_partitions_are_seeded(partitioner):
+    y = np.random.default_rng(0).integers(0, 10, 1000)
+    cfg = DataConfig(num_clients=10, partitioner=partitioner)
+    a = partition_indices(y, cfg, seed=1, num_classes=10)
+    b = partition_indices(y, cfg, seed=1, num_classes=10)
+    c = partition_indices(y, cfg, seed=2, num_classes=10)
+    assert all(np.array_equal(x, z) for x, z in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, z) for x, z in zip(a, c, strict=True))
+
+
+def test_smaller_alpha_means_more_label_skew():
+    entropies = [
+        label_entropy(load_federated_data(DataConfig(num_clients=10, alpha=a), 0))
+        for a in (0.1, 1.0, 100.0)
+    ]
+    iid = label_entropy(load_federated_data(DataConfig(num_clients=10, partitioner="iid"), 0))
+    assert entropies[0] < entropies[1] < entropies[2]
+    assert entropies[2] == pytest.approx(iid, abs=0.1)
+
+
+def test_shards_give_k_labels_per_client():
+    data = load_federated_data(DataConfig(num_clients=10, partitioner="shards",
+                                          shards_per_client=2, test_fraction=0.0), 0)
+    assert all(len(np.unique(c.y_train)) == 2 for c in data.clients)
+
+
+def test_quantity_skew_varies_sizes_not_labels():
+    skew = load_federated_data(DataConfig(num_clients=10, partitioner="quantity_skew",
+                                          quantity_beta=0.3), 0)
+    iid = load_federated_data(DataConfig(num_clients=10, partitioner="iid"), 0)
+    sizes = [len(c.y_train) for c in skew.clients]
+    assert np.std(sizes) > 5 * np.std([len(c.y_train) for c in iid.clients])
+    assert min(sizes) >= 10 * 0.8 - 1
+
+
+def test_splits_and_global_test_are_disjoint_and_complete():
+    cfg = DataConfig(num_clients=5, partitioner="iid", test_fraction=0.25,
+                     global_test_fraction=0.2)
+    data = load_federated_data(cfg, 0)
+    total = len(data.y_test) + sum(len(c.y_train) + len(c.y_test) for c in data.clients)
+    assert total == 1797  # every digits sample used exactly once
+    assert len(data.y_test) == round(1797 * 0.2)
+    client = data.clients[0]
+    assert len(client.y_test) == int((len(client.y_train) + len(client.y_test)) * 0.25)
+    assert data.input_shape == (8, 8, 1) and data.num_classes == 10
+    assert data.clients[0].x_train.dtype == np.float32
+
+
+def test_stats_match_partitions():
+    data = load_federated_data(DataConfig(num_clients=4), 0)
+    stats = data.stats()
+    assert [c["n_train"] for c in stats["clients"]] == [len(c.y_train) for c in data.clients]
+    assert all(sum(c["label_hist"]) == c["n_train"] for c in stats["clients"])
+
+
+def test_mnist1d_any_size():
+    data = load_federated_data(DataConfig(dataset="mnist1d", num_samples=1000, num_clients=5,
+                                          partitioner="iid"), 0)
+    assert data.input_shape == (40, 1)
+    assert len(data.y_test) + sum(len(c.y_train) + len(c.y_test) for c in data.clients) == 1000
+    state = np.random.get_state()[1][:5].copy()
+    load_federated_data(DataConfig(dataset="mnist1d", num_samples=500, num_clients=2), 1)
+    assert np.array_equal(np.random.get_state()[1][:5], state)  # global RNG untouched
+
+
+def test_synthetic_natural_split_is_non_iid():
+    data = load_federated_data(DataConfig(dataset="synthetic", partitioner="natural",
+                                          num_clients=8, num_samples=2000), 0)
+    assert len(data.clients) == 8 and data.input_shape == (60,)
+    sizes = [len(c.y_train) for c in data.clients]
+    assert max(sizes) > 3 * min(sizes)  # log-normal sizes
+    dominant = [np.bincount(c.y_train, minlength=10).argmax() for c in data.clients]
+    assert len(set(dominant)) > 1
+
+
+def test_npz_and_csv_files(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, 5)).astype(np.float32), rng.integers(0, 3, 200)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    data = load_federated_data(DataConfig(dataset="npz", path=str(tmp_path / "d.npz"),
+                                          num_clients=4, partitioner="iid"), 0)
+    assert data.input_shape == (5,) and data.num_classes == 3
+    lines = ["a,b,target"] + [f"{r[0]},{r[1]},{t}" for r, t in zip(x, y, strict=True)]
+    (tmp_path / "d.csv").write_text("\n".join(lines))
+    data = load_federated_data(DataConfig(dataset="csv", path=str(tmp_path / "d.csv"),
+                                          label_column="target", num_clients=4), 0)
+    assert data.input_shape == (2,)
+
+
+def test_bad_data_files_name_the_key(tmp_path):
+    np.savez(tmp_path / "bad.npz", features=np.zeros((10, 2)))
+    with pytest.raises(DataError, match="data.path.*lacks"):
+        load_federated_data(DataConfig(dataset="npz", path=str(tmp_path / "bad.npz")), 0)
+    (tmp_path / "d.csv").write_text("a,label\n1,0\n2,1\n")
+    with pytest.raises(DataError, match="data.label_column: 'y'"):
+        load_federated_data(DataConfig(dataset="csv", path=str(tmp_path / "d.csv"),
+                                       label_column="y"), 0)
+
+
+def test_impossible_partitions_are_clear_errors():
+    with pytest.raises(DataError, match="data.num_clients"):
+        load_federated_data(DataConfig(num_clients=5000), 0)
+    with pytest.raises(DataError, match="data.shards_per_client"):
+        load_federated_data(DataConfig(partitioner="shards", shards_per_client=11), 0)
+    with pytest.raises(DataError, match="data.min_partition_size"):
+        load_federated_data(DataConfig(partitioner="quantity_skew", num_clients=100,
+                                       min_partition_size=50), 0)
