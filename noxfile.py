@@ -51,8 +51,9 @@ def _env(session: nox.Session) -> dict[str, str]:
     }
 
 
-def _run(session: nox.Session, *args: str) -> None:
-    session.run(*args, env=_env(session), external=True)
+def _run(session: nox.Session, program: str, *args: str) -> None:
+    env = _env(session)
+    session.run(str(BIN / program), *args, env=env, external=True)
 
 
 @nox.session

@@ -1,0 +1,1 @@
+"""Flower ClientApp and the per-framework trainers."""

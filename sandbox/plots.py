@@ -63,12 +63,17 @@ def plot_partitions(stats: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def plot_sweep(values: list, finals: dict[str, list[float]], path: Path, xlabel: str) -> None:
+def plot_sweep(
+    values: list, finals: dict[str, list[float]], path: Path, xlabel: str, *, log_x: bool = True
+) -> None:
     """Final centralized accuracy against one swept parameter, one line per series."""
     plt = _pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, accuracies in finals.items():
         ax.plot(values, accuracies, marker="o", label=label)
+    if log_x:
+        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("final centralized accuracy")
     ax.grid(alpha=0.3)

@@ -123,7 +123,11 @@ class RunRecorder:
         self._progress = None
         if cfg.output.progress:
             from rich.progress import (
-                BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
                 TimeRemainingColumn,
             )
 

@@ -1,0 +1,1 @@
+"""Federated architecture and hyperparameter search (Optuna, KerasTuner): not built yet."""

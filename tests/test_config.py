@@ -89,7 +89,9 @@ def test_hash_ignores_output_but_not_computation():
 
 def test_config_is_immutable():
     cfg = Config()
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
         cfg.rounds = 3  # type: ignore[misc]
 
 
@@ -116,3 +118,14 @@ def test_cli_data_error_writes_nothing(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "data.path" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates_and_builds(path):
+    from sandbox.data import load_federated_data
+    from sandbox.models import ModelSpec
+
+    cfg = load_config(path)
+    data = load_federated_data(cfg.data, cfg.seed)
+    ModelSpec.from_config(cfg.model, data.input_shape, data.num_classes)
+    assert len(data.clients) == cfg.data.num_clients

@@ -1,0 +1,78 @@
+"""Run directories: complete, re-runnable, readable by TensorBoard, never half-written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import struct
+
+import pytest
+
+import sandbox
+from sandbox.tensorboard import crc32c
+from tests.conftest import ROOT
+
+
+def test_run_directory_contents(small):
+    cfg = small()
+    result = sandbox.run(cfg)
+    files = {p.name for p in result.run_dir.iterdir()}
+    assert {"config.toml", "run.json", "metrics.json", "metrics.csv", "partition_stats.json",
+            "partitions.png", "metrics.png", "weights.npz", "tensorboard"} <= files
+    run_info = json.loads((result.run_dir / "run.json").read_text())
+    assert run_info["config_hash"] == cfg.config_hash() and run_info["seed"] == cfg.seed
+    assert run_info["versions"]["flwr"].startswith("1.42")
+    rows = list(csv.DictReader((result.run_dir / "metrics.csv").open()))
+    assert len(rows) == cfg.rounds + 1 and float(rows[-1]["round_s"]) > 0
+    rerun = sandbox.load_config(result.run_dir / "config.toml")
+    assert rerun == cfg
+    assert not list(result.run_dir.parent.glob(".*.partial"))
+
+
+def read_events(path):
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    data, events, offset = path.read_bytes(), [], 0
+    while offset < len(data):
+        (length,) = struct.unpack_from("<Q", data, offset)
+        payload = data[offset + 12 : offset + 12 + length]
+        events.append(Event.FromString(payload))
+        offset += 12 + length + 4
+    return events
+
+
+def test_tensorboard_scalars(small):
+    result = sandbox.run(small())
+    (event_file,) = (result.run_dir / "tensorboard").iterdir()
+    tags = {v.tag for e in read_events(event_file) for v in e.summary.value}
+    assert {"central/accuracy", "central/loss", "clients/train_loss"} <= tags
+
+
+def test_crc32c_known_vector():
+    assert crc32c(b"123456789") == 0xE3069283
+
+
+def test_failed_run_is_marked_not_published(small, monkeypatch):
+    import sandbox.runtime
+
+    def explode(cfg, observer):
+        observer.round_finished(0, {"loss": 1.0, "accuracy": 0.1})
+        raise RuntimeError("client crashed")
+
+    monkeypatch.setattr(sandbox.runtime, "run_federation", explode)
+    cfg = small()
+    with pytest.raises(RuntimeError, match="client crashed"):
+        sandbox.run(cfg)
+    out = list((ROOT / cfg.output.dir).iterdir())
+    assert len(out) == 1 and out[0].name.endswith(".failed")
+    assert "client crashed" in (out[0] / "error.txt").read_text()
+
+
+def test_quickstart_reaches_accuracy_in_both_frameworks(tmp_path):
+    """The acceptance bar of `nox -s quickstart`: >= 0.85 centralized accuracy."""
+    finals = {}
+    for framework in ("torch", "keras"):
+        cfg = sandbox.load_config(ROOT / "configs" / "quickstart.toml", {
+            "framework": framework, "output.dir": str(tmp_path), "output.progress": False})
+        finals[framework] = sandbox.run(cfg).final["central_accuracy"]
+    assert min(finals.values()) >= 0.85, finals
