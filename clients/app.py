@@ -13,13 +13,16 @@ in ``context.state`` and so persists across rounds.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.trainer import batch_schedule, get_trainer
+from clients.trainer import Trainer, batch_schedule, get_trainer
+from clients.wire import from_record, to_record
 from sandbox.config import Config
-from sandbox.data import ClientData, load_federated_data
+from sandbox.data import ClientData, FederatedData, load_federated_data
 from sandbox.models import ModelSpec
 
 STATE_KEY = "client-progress"
@@ -30,9 +33,12 @@ def model_spec_for(cfg: Config) -> ModelSpec:
     return ModelSpec.from_config(cfg.model, data.input_shape, data.num_classes)
 
 
-def arrays_to_record(spec: ModelSpec, weights: list[np.ndarray]) -> ArrayRecord:
-    names = spec.weight_names()
-    return ArrayRecord({n: Array(w) for n, w in zip(names, weights, strict=True)})
+def arrays_to_record(weights: list[np.ndarray]) -> ArrayRecord:
+    return to_record(weights)
+
+
+def record_to_arrays(spec: ModelSpec, record: ArrayRecord) -> list[np.ndarray]:
+    return from_record(record, [shape for _, shape in spec.weight_shapes()])
 
 
 def client_seed(seed: int, server_round: int, partition_id: int) -> np.random.SeedSequence:
@@ -44,16 +50,22 @@ def make_client_app(cfg: Config) -> ClientApp:
     """Build the ``ClientApp`` for experiment ``cfg``."""
     app = ClientApp()
 
-    def local(context: Context) -> tuple[int, ClientData]:
+    @functools.cache
+    def setup() -> tuple[FederatedData, ModelSpec, Trainer]:
+        # Once per process: the federation, the model spec and the shared trainer.
+        spec = model_spec_for(cfg)
+        return load_federated_data(cfg.data, cfg.seed), spec, get_trainer(
+            cfg.framework, spec, cfg.train)
+
+    def local(context: Context) -> tuple[int, ClientData, ModelSpec, Trainer]:
         partition_id = int(context.node_config["partition-id"])
-        return partition_id, load_federated_data(cfg.data, cfg.seed).clients[partition_id]
+        data, spec, trainer = setup()
+        return partition_id, data.clients[partition_id], spec, trainer
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        partition_id, data = local(context)
-        spec = model_spec_for(cfg)
-        trainer = get_trainer(cfg.framework, spec, cfg.train)
-        trainer.set_weights(msg.content["arrays"].to_numpy_ndarrays())
+        partition_id, data, spec, trainer = local(context)
+        trainer.set_weights(record_to_arrays(spec, msg.content["arrays"]))
         server_round = int(msg.content["config"]["server-round"])
         seeds = client_seed(cfg.seed, server_round, partition_id)
         rng = np.random.default_rng(seeds)
@@ -63,15 +75,14 @@ def make_client_app(cfg: Config) -> ClientApp:
         _record_progress(context, steps=len(schedule))
         metrics = MetricRecord({"train_loss": loss, "num-examples": len(data.y_train)})
         content = RecordDict(
-            {"arrays": arrays_to_record(spec, trainer.get_weights()), "metrics": metrics}
+            {"arrays": arrays_to_record(trainer.get_weights()), "metrics": metrics}
         )
         return Message(content, reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        _, data = local(context)
-        trainer = get_trainer(cfg.framework, model_spec_for(cfg), cfg.train)
-        trainer.set_weights(msg.content["arrays"].to_numpy_ndarrays())
+        _, data, spec, trainer = local(context)
+        trainer.set_weights(record_to_arrays(spec, msg.content["arrays"]))
         loss, accuracy = trainer.evaluate(data.x_test, data.y_test)
         metrics = MetricRecord(
             {"eval_loss": loss, "eval_accuracy": accuracy, "num-examples": len(data.y_test)}
@@ -82,9 +93,8 @@ def make_client_app(cfg: Config) -> ClientApp:
 
 
 def _record_progress(context: Context, *, steps: int) -> None:
-    progress = context.state.metric_records.get(STATE_KEY)
-    if progress is None:
-        progress = MetricRecord({"rounds": 0, "steps": 0})
+    if STATE_KEY not in context.state:
+        context.state[STATE_KEY] = MetricRecord({"rounds": 0, "steps": 0})
+    progress = context.state[STATE_KEY]
     progress["rounds"] = int(progress["rounds"]) + 1
     progress["steps"] = int(progress["steps"]) + steps
-    context.state[STATE_KEY] = progress

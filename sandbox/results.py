@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sandbox import plots
+from sandbox.models import ModelSpec
 from sandbox.tensorboard import ScalarWriter
 
 if TYPE_CHECKING:
@@ -189,9 +190,12 @@ class RunRecorder:
             self._tb.close()
         return rows
 
-    def final_weights(self) -> dict[str, np.ndarray]:
-        arrays = self.result.arrays
-        return {name: arrays[name].numpy() for name in arrays}
+    def final_weights(self, spec: ModelSpec) -> dict[str, np.ndarray]:
+        """Final global model as named arrays in the canonical layout."""
+        from clients.app import record_to_arrays
+
+        weights = record_to_arrays(spec, self.result.arrays)
+        return dict(zip(spec.weight_names(), weights, strict=True))
 
 
 def write_run(
@@ -213,7 +217,8 @@ def write_run(
     run_dir.write_metrics_csv(rows)
     run_dir.write_json("partition_stats.json", stats)
     if cfg.output.save_weights:
-        np.savez(run_dir.path / "weights.npz", **recorder.final_weights())
+        spec = ModelSpec.from_config(cfg.model, data.input_shape, data.num_classes)
+        np.savez(run_dir.path / "weights.npz", **recorder.final_weights(spec))
     if cfg.output.plot:
         title = f"{cfg.name}: {cfg.framework}, {cfg.federation.strategy}, {cfg.data.dataset}"
         plots.plot_metrics(rows, run_dir.path / "metrics.png", title)

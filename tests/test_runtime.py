@@ -143,3 +143,32 @@ def test_final_weights_reproduce_final_accuracy(small):
     trainer.set_weights(weights)
     _, accuracy = trainer.evaluate(data.x_test, data.y_test)
     assert accuracy == pytest.approx(result.final["central_accuracy"])
+
+
+def test_wire_format_is_flowers_npy_format():
+    from flwr.app import Array
+
+    from clients.wire import from_array, to_array
+
+    for array in (np.arange(12, dtype=np.float32).reshape(3, 4), np.zeros(0, np.float32),
+                  np.ones((2, 3, 1, 4), np.float64), np.arange(5, dtype=np.int64)):
+        ours, flowers = to_array(array), Array(array)
+        assert ours.data == flowers.data and ours.shape == flowers.shape
+        assert ours.dtype == flowers.dtype
+        np.testing.assert_array_equal(from_array(flowers), array)
+        np.testing.assert_array_equal(ours.numpy(), array)
+    fortran = Array(np.asfortranarray(np.arange(6.0).reshape(2, 3)))
+    np.testing.assert_array_equal(from_array(fortran), np.arange(6.0).reshape(2, 3))
+
+
+def test_flat_record_round_trip_and_errors():
+    from clients.wire import FLAT_KEY, from_record, to_record
+
+    weights = [np.ones((3, 2), np.float32), np.arange(2, dtype=np.float32)]
+    record = to_record(weights)
+    assert list(record.keys()) == [FLAT_KEY]
+    back = from_record(record, [(3, 2), (2,)])
+    for a, b in zip(weights, back, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="the model needs 9"):
+        from_record(record, [(3, 3)])

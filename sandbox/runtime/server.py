@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from clients.app import arrays_to_record, model_spec_for
+from clients.app import arrays_to_record, model_spec_for, record_to_arrays
 from clients.trainer import get_trainer
 from sandbox.data import load_federated_data
 from strategies import build_strategy
@@ -46,14 +46,14 @@ def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver) -> Result:
     evaluator = get_trainer(cfg.framework, spec, cfg.train)
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        evaluator.set_weights(arrays.to_numpy_ndarrays())
+        evaluator.set_weights(record_to_arrays(spec, arrays))
         loss, accuracy = evaluator.evaluate(data.x_test, data.y_test)
         observer.round_finished(server_round, {"loss": loss, "accuracy": accuracy})
         return MetricRecord({"central_loss": loss, "central_accuracy": accuracy})
 
     return strategy.start(
         grid=grid,
-        initial_arrays=arrays_to_record(spec, spec.init_weights(cfg.seed)),
+        initial_arrays=arrays_to_record(spec.init_weights(cfg.seed)),
         num_rounds=cfg.rounds,
         train_config=ConfigRecord({"framework": cfg.framework}),
         evaluate_fn=evaluate_global,
