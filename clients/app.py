@@ -13,8 +13,6 @@ in ``context.state`` and so persists across rounds.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -22,7 +20,7 @@ from flwr.clientapp import ClientApp
 from clients.trainer import Trainer, batch_schedule, get_trainer
 from clients.wire import from_record, to_record
 from sandbox.config import Config
-from sandbox.data import ClientData, FederatedData, load_federated_data
+from sandbox.data import ClientData, load_federated_data
 from sandbox.models import ModelSpec
 
 STATE_KEY = "client-progress"
@@ -50,16 +48,12 @@ def make_client_app(cfg: Config) -> ClientApp:
     """Build the ``ClientApp`` for experiment ``cfg``."""
     app = ClientApp()
 
-    @functools.cache
-    def setup() -> tuple[FederatedData, ModelSpec, Trainer]:
-        # Once per process: the federation, the model spec and the shared trainer.
-        spec = model_spec_for(cfg)
-        return load_federated_data(cfg.data, cfg.seed), spec, get_trainer(
-            cfg.framework, spec, cfg.train)
-
     def local(context: Context) -> tuple[int, ClientData, ModelSpec, Trainer]:
+        # Everything here is cached per process (the app itself must stay picklable).
         partition_id = int(context.node_config["partition-id"])
-        data, spec, trainer = setup()
+        data = load_federated_data(cfg.data, cfg.seed)
+        spec = ModelSpec.from_config(cfg.model, data.input_shape, data.num_classes)
+        trainer = get_trainer(cfg.framework, spec, cfg.train)
         return partition_id, data.clients[partition_id], spec, trainer
 
     @app.train()

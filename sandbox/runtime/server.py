@@ -51,10 +51,17 @@ def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver) -> Result:
         observer.round_finished(server_round, {"loss": loss, "accuracy": accuracy})
         return MetricRecord({"central_loss": loss, "central_accuracy": accuracy})
 
-    return strategy.start(
+    result = strategy.start(
         grid=grid,
         initial_arrays=arrays_to_record(spec.init_weights(cfg.seed)),
         num_rounds=cfg.rounds,
         train_config=ConfigRecord({"framework": cfg.framework}),
         evaluate_fn=evaluate_global,
     )
+    missing = [r for r in range(1, cfg.rounds + 1) if r not in result.train_metrics_clientapp]
+    if missing:
+        raise RuntimeError(
+            f"no client returned a valid training reply in round(s) {missing[:10]}; "
+            "the ClientApp errors are in the log above"
+        )
+    return result
