@@ -19,10 +19,8 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
-
 import sandbox
-from clients.app import client_seed, model_spec_for
+from clients.app import client_randomness, model_spec_for
 from clients.trainer import batch_schedule, get_trainer
 from sandbox.data import load_federated_data
 
@@ -53,11 +51,9 @@ def bare_loop(cfg: sandbox.Config) -> float:
         updates, sizes = [], []
         for pid, client in enumerate(data.clients):
             trainer.set_weights(weights)
-            seeds = client_seed(cfg.seed, server_round, pid)
-            schedule = batch_schedule(len(client.y_train), cfg.train,
-                                      np.random.default_rng(seeds))
-            trainer.fit(client.x_train, client.y_train, schedule,
-                        seed=int(seeds.generate_state(1)[0] & 0x7FFFFFFF))
+            rng, framework_seed = client_randomness(cfg.seed, server_round, pid)
+            schedule = batch_schedule(len(client.y_train), cfg.train, rng)
+            trainer.fit(client.x_train, client.y_train, schedule, seed=framework_seed)
             updates.append(trainer.get_weights())
             sizes.append(len(client.y_train))
         total = sum(sizes)

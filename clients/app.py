@@ -31,17 +31,20 @@ def model_spec_for(cfg: Config) -> ModelSpec:
     return ModelSpec.from_config(cfg.model, data.input_shape, data.num_classes)
 
 
-def arrays_to_record(weights: list[np.ndarray]) -> ArrayRecord:
-    return to_record(weights)
-
-
 def record_to_arrays(spec: ModelSpec, record: ArrayRecord) -> list[np.ndarray]:
     return from_record(record, [shape for _, shape in spec.weight_shapes()])
 
 
-def client_seed(seed: int, server_round: int, partition_id: int) -> np.random.SeedSequence:
-    """Per (run seed, round, client) stream: independent of delivery order and backend."""
-    return np.random.SeedSequence([seed, server_round, partition_id])
+def client_randomness(
+    seed: int, server_round: int, partition_id: int
+) -> tuple[np.random.Generator, int]:
+    """Batch-order generator and framework seed (dropout) for one client in one round.
+
+    Derived from (run seed, round, partition id) only, so it does not depend on message
+    delivery order or on the backend.
+    """
+    sequence = np.random.SeedSequence([seed, server_round, partition_id])
+    return np.random.default_rng(sequence), int(sequence.generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def make_client_app(cfg: Config) -> ClientApp:
@@ -51,25 +54,23 @@ def make_client_app(cfg: Config) -> ClientApp:
     def local(context: Context) -> tuple[int, ClientData, ModelSpec, Trainer]:
         # Everything here is cached per process (the app itself must stay picklable).
         partition_id = int(context.node_config["partition-id"])
-        data = load_federated_data(cfg.data, cfg.seed)
-        spec = ModelSpec.from_config(cfg.model, data.input_shape, data.num_classes)
+        spec = model_spec_for(cfg)
         trainer = get_trainer(cfg.framework, spec, cfg.train)
-        return partition_id, data.clients[partition_id], spec, trainer
+        return partition_id, load_federated_data(cfg.data, cfg.seed).clients[partition_id], \
+            spec, trainer
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         partition_id, data, spec, trainer = local(context)
         trainer.set_weights(record_to_arrays(spec, msg.content["arrays"]))
         server_round = int(msg.content["config"]["server-round"])
-        seeds = client_seed(cfg.seed, server_round, partition_id)
-        rng = np.random.default_rng(seeds)
+        rng, framework_seed = client_randomness(cfg.seed, server_round, partition_id)
         schedule = batch_schedule(len(data.y_train), cfg.train, rng)
-        torch_seed = int(seeds.generate_state(1)[0] & 0x7FFFFFFF)
-        loss = trainer.fit(data.x_train, data.y_train, schedule, seed=torch_seed)
+        loss = trainer.fit(data.x_train, data.y_train, schedule, seed=framework_seed)
         _record_progress(context, steps=len(schedule))
         metrics = MetricRecord({"train_loss": loss, "num-examples": len(data.y_train)})
         content = RecordDict(
-            {"arrays": arrays_to_record(trainer.get_weights()), "metrics": metrics}
+            {"arrays": to_record(trainer.get_weights()), "metrics": metrics}
         )
         return Message(content, reply_to=msg)
 

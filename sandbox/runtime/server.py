@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Protocol
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from clients.app import arrays_to_record, model_spec_for, record_to_arrays
+from clients.app import model_spec_for, record_to_arrays
 from clients.trainer import get_trainer
+from clients.wire import to_record
 from sandbox.data import load_federated_data
 from strategies import build_strategy
 
@@ -53,7 +54,7 @@ def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver) -> Result:
 
     result = strategy.start(
         grid=grid,
-        initial_arrays=arrays_to_record(spec.init_weights(cfg.seed)),
+        initial_arrays=to_record(spec.init_weights(cfg.seed)),
         num_rounds=cfg.rounds,
         train_config=ConfigRecord({"framework": cfg.framework}),
         evaluate_fn=evaluate_global,
