@@ -135,8 +135,3 @@ class TorchTrainer:
             correct += int((logits.argmax(1) == yb).sum())
         n = max(len(y), 1)
         return loss_sum / n, correct / n
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        self.module.eval()
-        with torch.no_grad():
-            return self.module(torch.from_numpy(x)).numpy()
