@@ -54,10 +54,9 @@ def make_client_app(cfg: Config) -> ClientApp:
     def local(context: Context) -> tuple[int, ClientData, ModelSpec, Trainer]:
         # Everything here is cached per process (the app itself must stay picklable).
         partition_id = int(context.node_config["partition-id"])
+        data = load_federated_data(cfg.data, cfg.seed).clients[partition_id]
         spec = model_spec_for(cfg)
-        trainer = get_trainer(cfg.framework, spec, cfg.train)
-        return partition_id, load_federated_data(cfg.data, cfg.seed).clients[partition_id], \
-            spec, trainer
+        return partition_id, data, spec, get_trainer(cfg.framework, spec, cfg.train)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -32,7 +32,7 @@ def run(config: Config) -> RunResult:
     """
     started = time.perf_counter()
     data = load_federated_data(config.data, config.seed)
-    ModelSpec.from_config(config.model, data.input_shape, data.num_classes)
+    spec = ModelSpec.from_config(config.model, data.input_shape, data.num_classes)
     _check_client_sizes(config, data)
     from sandbox.runtime import run_federation
 
@@ -47,7 +47,8 @@ def run(config: Config) -> RunResult:
             raise RuntimeError(
                 f"the {config.backend} backend finished without a result; see the log above"
             )
-        return write_run(run_dir, config, data, recorder, time.perf_counter() - started)
+        return write_run(run_dir, config, data, spec, recorder,
+                         time.perf_counter() - started)
     except BaseException as exc:
         failed = run_dir.fail(exc)
         exc.add_note(f"partial results kept in {failed}")

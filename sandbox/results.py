@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sandbox import plots
-from sandbox.models import ModelSpec
 from sandbox.tensorboard import ScalarWriter
 
 if TYPE_CHECKING:
     from sandbox.config import Config
     from sandbox.data import FederatedData
+    from sandbox.models import ModelSpec
 
 METRIC_COLUMNS = [
     "round", "central_accuracy", "central_loss", "train_loss", "eval_accuracy", "eval_loss",
@@ -199,8 +199,8 @@ class RunRecorder:
 
 
 def write_run(
-    run_dir: RunDirectory, cfg: Config, data: FederatedData, recorder: RunRecorder,
-    wall_s: float,
+    run_dir: RunDirectory, cfg: Config, data: FederatedData, spec: ModelSpec,
+    recorder: RunRecorder, wall_s: float,
 ) -> RunResult:
     """Write every file of a finished run and publish the directory."""
     rows = recorder.finish()
@@ -217,7 +217,6 @@ def write_run(
     run_dir.write_metrics_csv(rows)
     run_dir.write_json("partition_stats.json", stats)
     if cfg.output.save_weights:
-        spec = ModelSpec.from_config(cfg.model, data.input_shape, data.num_classes)
         np.savez(run_dir.path / "weights.npz", **recorder.final_weights(spec))
     if cfg.output.plot:
         title = f"{cfg.name}: {cfg.framework}, {cfg.federation.strategy}, {cfg.data.dataset}"
