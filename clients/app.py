@@ -5,7 +5,10 @@ federation from the config (seeded, cached per process), so the app carries only
 config and works unchanged in any process that Flower starts it in.
 
 Replies: ``train`` -> ``{"arrays": ArrayRecord, "metrics": MetricRecord}`` with
-``num-examples`` (FedAvg's weighting key) and ``train_loss``; ``evaluate`` ->
+``num-examples`` (FedAvg's weighting key), ``unit-weight`` (the key for equal weights under
+client-level DP), ``partition-id`` (for the server's privacy ledger), ``train_loss`` and,
+with sample-level DP, ``dp_epsilon`` / ``dp_noise_multiplier`` from the node's own
+accountant (``clients.dp``); ``evaluate`` ->
 ``{"metrics": MetricRecord}`` with ``num-examples``, ``eval_loss``, ``eval_accuracy``
 on the client's local test split. Per-node bookkeeping (rounds and steps trained) lives
 in ``context.state`` and so persists across rounds.
@@ -17,11 +20,13 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.trainer import Trainer, batch_schedule, get_trainer
+from clients.trainer import Trainer, batch_schedule, get_trainer, poisson_schedule
 from clients.wire import from_record, to_record
 from sandbox.config import Config
-from sandbox.data import ClientData, load_federated_data
+from sandbox.data import ClientData, load_experiment_data, load_federated_data
 from sandbox.models import ModelSpec
+from sandbox.privacy import sample_dp_plan
+from strategies.privacy import PARTITION_KEY, UNIFORM_WEIGHT_KEY, client_mods
 
 STATE_KEY = "client-progress"
 
@@ -49,14 +54,16 @@ def client_randomness(
 
 def make_client_app(cfg: Config) -> ClientApp:
     """Build the ``ClientApp`` for experiment ``cfg``."""
-    app = ClientApp()
+    app = ClientApp(mods=client_mods(cfg))
+    private = cfg.privacy.sample.enabled
 
     def local(context: Context) -> tuple[int, ClientData, ModelSpec, Trainer]:
         # Everything here is cached per process (the app itself must stay picklable).
         partition_id = int(context.node_config["partition-id"])
-        data = load_federated_data(cfg.data, cfg.seed).clients[partition_id]
+        data = load_experiment_data(cfg).clients[partition_id]
         spec = model_spec_for(cfg)
-        return partition_id, data, spec, get_trainer(cfg.framework, spec, cfg.train)
+        trainer = get_trainer(cfg.framework, spec, cfg.train, private=private)
+        return partition_id, data, spec, trainer
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -64,10 +71,25 @@ def make_client_app(cfg: Config) -> ClientApp:
         trainer.set_weights(record_to_arrays(spec, msg.content["arrays"]))
         server_round = int(msg.content["config"]["server-round"])
         rng, framework_seed = client_randomness(cfg.seed, server_round, partition_id)
-        schedule = batch_schedule(len(data.y_train), cfg.train, rng)
-        loss = trainer.fit(data.x_train, data.y_train, schedule, seed=framework_seed)
+        n = len(data.y_train)
+        metrics = MetricRecord({"num-examples": n, UNIFORM_WEIGHT_KEY: 1.0,
+                                PARTITION_KEY: partition_id})
+        if private:
+            plan = sample_dp_plan(cfg, n)
+            schedule = (poisson_schedule(n, plan.sample_rate, plan.steps, rng) if plan.poisson
+                        else batch_schedule(n, cfg.train, rng))
+            loss = trainer.fit(data.x_train, data.y_train, schedule, seed=framework_seed,
+                               dp=plan)
+            from clients.dp import account_round
+
+            metrics["dp_epsilon"] = account_round(
+                context, plan, method=cfg.privacy.accountant, delta=cfg.privacy.delta)
+            metrics["dp_noise_multiplier"] = plan.noise_multiplier
+        else:
+            schedule = batch_schedule(n, cfg.train, rng)
+            loss = trainer.fit(data.x_train, data.y_train, schedule, seed=framework_seed)
         _record_progress(context, steps=len(schedule))
-        metrics = MetricRecord({"train_loss": loss, "num-examples": len(data.y_train)})
+        metrics["train_loss"] = loss
         content = RecordDict(
             {"arrays": to_record(trainer.get_weights()), "metrics": metrics}
         )

@@ -2,6 +2,14 @@
 
 Local training runs as one compiled ``tf.function`` per call: the loop over the batch
 schedule is a graph ``while`` loop, so a round of local steps costs one Python call.
+
+DP-SGD (Abadi et al. 2016) runs in the same kind of loop: per-example gradients come
+from one forward pass and a vectorized Jacobian of the per-example losses
+(``tape.jacobian`` with pfor), each example's gradient is clipped to global L2 norm
+``max_grad_norm``, the clipped gradients are summed, Gaussian noise of std
+``noise_multiplier * max_grad_norm`` is added (stateless, seeded per step) and the sum is
+divided by the expected batch size. Accounting uses the same Opacus accountant as torch
+clients (``clients.dp``).
 """
 
 from __future__ import annotations
@@ -15,8 +23,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from clients.trainer import PAD  # noqa: E402
 from sandbox.config import TrainConfig  # noqa: E402
 from sandbox.models import ModelSpec  # noqa: E402
+from sandbox.privacy import SampleDPPlan  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":
     raise RuntimeError(
@@ -53,8 +63,9 @@ def _optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
 class KerasTrainer:
     """Local training of a Keras model (see :class:`clients.trainer.Trainer`)."""
 
-    def __init__(self, spec: ModelSpec, cfg: TrainConfig) -> None:
+    def __init__(self, spec: ModelSpec, cfg: TrainConfig, *, private: bool = False) -> None:
         self.spec = spec
+        self.private = private
         self.model = build_model(spec)
         self.optimizer = _optimizer(cfg)
         self.optimizer.build(self.model.trainable_variables)
@@ -69,6 +80,12 @@ class KerasTrainer:
         self._train = tf.function(
             self._train_steps,
             input_signature=[x_spec, y_spec, tf.TensorSpec((None, None), tf.int64)],
+        )
+        self._private_train = tf.function(
+            self._private_steps,
+            input_signature=[x_spec, y_spec, tf.TensorSpec((None, None), tf.int64),
+                             *(tf.TensorSpec((), tf.float32) for _ in range(3)),
+                             tf.TensorSpec((), tf.int64)],
         )
         self._logits = tf.function(
             lambda x: self.model(x, training=False), input_signature=[x_spec]
@@ -93,6 +110,59 @@ class KerasTrainer:
             total += loss
         return total / tf.cast(tf.shape(schedule)[0], tf.float32)
 
+    def clipped_gradient_sum(
+        self, xb: tf.Tensor, yb: tf.Tensor, mask: tf.Tensor, clip: tf.Tensor
+    ) -> tuple[list[tf.Tensor], tf.Tensor]:
+        """Sum over the batch of per-example gradients clipped to L2 norm ``clip``.
+
+        ``mask`` (0/1 per example) drops padding rows. Returns the sums and the mean loss
+        of the unmasked examples.
+        """
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = self.model(xb, training=True)
+            losses = keras.losses.sparse_categorical_crossentropy(yb, logits, from_logits=True)
+        jacobians = tape.jacobian(losses, variables, experimental_use_pfor=True)
+        squared = tf.add_n([
+            tf.reduce_sum(tf.reshape(tf.square(j), (tf.shape(j)[0], -1)), axis=1)
+            for j in jacobians
+        ])
+        factors = mask * tf.minimum(1.0, clip / (tf.sqrt(squared) + 1e-6))
+        sums = [tf.tensordot(factors, j, axes=1) for j in jacobians]
+        mean_loss = tf.reduce_sum(losses * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+        return sums, mean_loss
+
+    def noisy_gradient(
+        self, xb: tf.Tensor, yb: tf.Tensor, mask: tf.Tensor, noise_std: tf.Tensor,
+        clip: tf.Tensor, expected_batch: tf.Tensor, seed: tf.Tensor,
+    ) -> tuple[list[tf.Tensor], tf.Tensor]:
+        """DP-SGD gradient: (clipped sum + N(0, noise_std^2)) / expected_batch."""
+        sums, mean_loss = self.clipped_gradient_sum(xb, yb, mask, clip)
+        grads = []
+        for k, total in enumerate(sums):
+            noise = tf.random.stateless_normal(
+                tf.shape(total), seed=tf.stack([seed, tf.constant(k, tf.int64)]),
+                stddev=noise_std,
+            )
+            grads.append((total + noise) / expected_batch)
+        return grads, mean_loss
+
+    def _private_steps(self, x, y, schedule, noise_std, clip, expected_batch, seed):
+        variables = self.model.trainable_variables
+        total = tf.constant(0.0)
+        for row in tf.range(tf.shape(schedule)[0]):
+            idx = schedule[row]
+            mask = tf.cast(idx != PAD, tf.float32)
+            safe = tf.maximum(idx, 0)
+            step_seed = seed * 1_000_003 + tf.cast(row, tf.int64)
+            grads, loss = self.noisy_gradient(
+                tf.gather(x, safe), tf.gather(y, safe), mask, noise_std, clip,
+                expected_batch, step_seed,
+            )
+            self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+            total += loss
+        return total / tf.cast(tf.shape(schedule)[0], tf.float32)
+
     def _reset_state(self, seed: int) -> None:
         # A fresh optimizer each round (as FedAvg clients do) without retracing the step.
         for variable, start in zip(self.optimizer.variables, self._optimizer_start, strict=True):
@@ -100,9 +170,17 @@ class KerasTrainer:
         for generator in self._seed_generators:
             generator.state.assign(np.array([seed, 0], dtype=generator.state.dtype))
 
-    def fit(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int) -> float:
+    def fit(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int,
+            dp: SampleDPPlan | None = None) -> float:
+        if (dp is not None) != self.private:
+            raise ValueError("a private trainer needs a DP plan, a plain one must not get one")
         self._reset_state(seed)
-        return float(self._train(x, y, schedule))
+        if dp is None:
+            return float(self._train(x, y, schedule))
+        return float(self._private_train(
+            x, y, schedule, np.float32(dp.noise_multiplier * dp.max_grad_norm),
+            np.float32(dp.max_grad_norm), np.float32(dp.expected_batch), np.int64(seed),
+        ))
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         logits = self.logits(x)

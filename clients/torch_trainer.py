@@ -1,5 +1,13 @@
 """PyTorch bridge: build a :class:`~sandbox.models.ModelSpec` as an ``nn.Module`` and train it.
 
+DP-SGD uses Opacus' own parts: a ``GradSampleModule`` (per-example gradients, built once
+per trainer) and a ``DPOptimizer`` (per-example clipping, Gaussian noise, normalization by
+the expected batch size) wrapped around a fresh optimizer each round. Batches come from
+the framework-neutral Poisson schedule (:func:`clients.trainer.poisson_schedule`) instead
+of Opacus' ``DPDataLoader``, so torch and Keras clients draw identical batches; the
+accountant lives with the client's node state (``clients.dp``), not in a
+``PrivacyEngine`` that would be rebuilt every round.
+
 Inputs arrive channels-last (the canonical data layout); the module moves channels first
 for its convolutions and back to channels-last before flattening, so the flattened
 features, and hence the dense weights, line up with the Keras model.
@@ -7,12 +15,16 @@ features, and hence the dense weights, line up with the Keras model.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
 
+from clients.trainer import PAD
 from sandbox.config import TrainConfig
 from sandbox.models import ModelSpec
+from sandbox.privacy import SampleDPPlan
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU}
 
@@ -86,11 +98,18 @@ def load_weights(module: nn.Module, weights: list[np.ndarray]) -> None:
 class TorchTrainer:
     """Local SGD/Adam training of a ``SpecModule`` (see :class:`clients.trainer.Trainer`)."""
 
-    def __init__(self, spec: ModelSpec, cfg: TrainConfig) -> None:
+    def __init__(self, spec: ModelSpec, cfg: TrainConfig, *, private: bool = False) -> None:
         self.spec = spec
         self.cfg = cfg
         self.module = build_module(spec)
         self.loss_fn = nn.CrossEntropyLoss()
+        self.private = private
+        if private:
+            from opacus import GradSampleModule
+
+            # Summed loss: grad_sample holds exact per-example gradients, also for an
+            # empty Poisson batch; DPOptimizer divides the noisy sum by the expected batch.
+            self._grad_sample_module = GradSampleModule(self.module, loss_reduction="sum")
 
     def get_weights(self) -> list[np.ndarray]:
         return [
@@ -107,9 +126,14 @@ class TorchTrainer:
             return torch.optim.Adam(params, lr=self.cfg.lr)
         return torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum)
 
-    def fit(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int) -> float:
+    def fit(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int,
+            dp: SampleDPPlan | None = None) -> float:
         # Dropout masks. (torch.manual_seed also seeds CUDA/XPU/MTIA stubs: ~1 ms per call.)
         torch.random.default_generator.manual_seed(seed)
+        if (dp is not None) != self.private:
+            raise ValueError("a private trainer needs a DP plan, a plain one must not get one")
+        if dp is not None:
+            return self._fit_private(x, y, schedule, seed=seed, dp=dp)
         optimizer = self._optimizer()  # fresh optimizer state each round, as in FedAvg
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         rows = torch.from_numpy(schedule)
@@ -122,6 +146,39 @@ class TorchTrainer:
             optimizer.step()
             total += loss.detach()
         return float(total) / max(len(schedule), 1)
+
+    def _fit_private(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int,
+                     dp: SampleDPPlan) -> float:
+        from opacus.optimizers import DPOptimizer
+
+        model = self._grad_sample_module
+        noise = torch.Generator().manual_seed(seed ^ 0x5EED)
+        optimizer = DPOptimizer(
+            self._optimizer(), noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm, expected_batch_size=dp.expected_batch,
+            loss_reduction="mean", generator=noise,
+        )
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        model.train()
+        total, counted = 0.0, 0
+        for row in torch.from_numpy(schedule):
+            idx = row[row != PAD]
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx], reduction="sum")
+            with warnings.catch_warnings():  # inputs never require grad; Opacus is fine
+                warnings.filterwarnings("ignore", message="Full backward hook")
+                loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            counted += len(idx)
+        return total / max(counted, 1)
+
+    @torch.no_grad()
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        self.module.eval()
+        parts = [self.module(torch.from_numpy(x[s : s + 4096])).numpy()
+                 for s in range(0, len(x), 4096)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.spec.num_classes))
 
     @torch.no_grad()
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

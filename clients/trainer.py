@@ -15,6 +15,10 @@ import numpy as np
 if TYPE_CHECKING:
     from sandbox.config import TrainConfig
     from sandbox.models import ModelSpec
+    from sandbox.privacy import SampleDPPlan
+
+#: Padding value in Poisson schedules (rows have different batch sizes).
+PAD = -1
 
 
 class Trainer(Protocol):
@@ -24,8 +28,19 @@ class Trainer(Protocol):
 
     def set_weights(self, weights: list[np.ndarray]) -> None: ...
 
-    def fit(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int) -> float:
-        """Run one optimizer step per schedule row; return the mean training loss."""
+    def fit(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int,
+            dp: SampleDPPlan | None = None) -> float:
+        """Run one optimizer step per schedule row; return the mean training loss.
+
+        With ``dp``, each step is a DP-SGD step: per-example gradients clipped to
+        ``dp.max_grad_norm``, summed, Gaussian noise of std ``noise_multiplier *
+        max_grad_norm`` added, divided by ``dp.expected_batch``. Rows may then be padded
+        with :data:`PAD` (Poisson batches vary in size; an empty row is a noise-only step).
+        """
+        ...
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Model outputs (pre-softmax) for ``x``, evaluation mode."""
         ...
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -53,9 +68,28 @@ def batch_schedule(
     return np.concatenate(perms)[:needed].reshape(steps, batch).astype(np.int64)
 
 
+def poisson_schedule(
+    num_examples: int, sample_rate: float, steps: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Index matrix ``(steps, width)`` of Poisson-sampled batches, padded with :data:`PAD`.
+
+    Each row includes every example independently with probability ``sample_rate`` (the
+    sampling that DP-SGD's privacy amplification assumes; Abadi et al. 2016).
+    """
+    include = rng.random((steps, num_examples)) < sample_rate
+    width = max(int(include.sum(axis=1).max(initial=0)), 1)
+    schedule = np.full((steps, width), PAD, dtype=np.int64)
+    for row, members in enumerate(include):
+        idx = np.flatnonzero(members)
+        schedule[row, : len(idx)] = rng.permutation(idx)
+    return schedule
+
+
 @functools.lru_cache(maxsize=8)
-def get_trainer(framework: str, spec: ModelSpec, train: TrainConfig) -> Trainer:
-    """One trainer per (framework, architecture, optimizer) and process.
+def get_trainer(
+    framework: str, spec: ModelSpec, train: TrainConfig, *, private: bool = False
+) -> Trainer:
+    """One trainer per (framework, architecture, optimizer, DP or not) and process.
 
     Clients share it: each message loads that client's weights first, so building the
     model and compiling its step happens once per process, not once per client.
@@ -63,9 +97,9 @@ def get_trainer(framework: str, spec: ModelSpec, train: TrainConfig) -> Trainer:
     if framework == "torch":
         from clients.torch_trainer import TorchTrainer
 
-        return TorchTrainer(spec, train)
+        return TorchTrainer(spec, train, private=private)
     if framework == "keras":
         from clients.keras_trainer import KerasTrainer
 
-        return KerasTrainer(spec, train)
+        return KerasTrainer(spec, train, private=private)
     raise ValueError(f"unknown framework '{framework}'; allowed: torch, keras")

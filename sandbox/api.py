@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from sandbox.data import load_federated_data
+from sandbox.data import load_experiment_data
 from sandbox.errors import DataError
 from sandbox.models import ModelSpec
 from sandbox.results import RunDirectory, RunRecorder, RunResult, write_run
@@ -31,7 +31,7 @@ def run(config: Config) -> RunResult:
         Per-round metrics as plain dicts, final metrics, wall time and the run directory.
     """
     started = time.perf_counter()
-    data = load_federated_data(config.data, config.seed)
+    data = load_experiment_data(config)
     spec = ModelSpec.from_config(config.model, data.input_shape, data.num_classes)
     _check_client_sizes(config, data)
     from sandbox.runtime import run_federation
@@ -47,8 +47,14 @@ def run(config: Config) -> RunResult:
             raise RuntimeError(
                 f"the {config.backend} backend finished without a result; see the log above"
             )
+        audits = {}
+        if config.privacy.audit.membership or config.privacy.audit.canaries:
+            from clients.app import record_to_arrays
+            from clients.audit import run_audits
+
+            audits = run_audits(config, spec, record_to_arrays(spec, recorder.result.arrays))
         return write_run(run_dir, config, data, spec, recorder,
-                         time.perf_counter() - started)
+                         time.perf_counter() - started, audits)
     except BaseException as exc:
         failed = run_dir.fail(exc)
         exc.add_note(f"partial results kept in {failed}")

@@ -116,6 +116,81 @@ class FederationConfig(_Section):
         return self
 
 
+ClientDPMode = Literal["off", "server_fixed", "client_fixed", "server_adaptive", "client_adaptive"]
+AccountantName = Literal["rdp", "prv"]
+
+
+class SampleDPConfig(_Section):
+    """Sample-level DP-SGD inside every client (Opacus in torch, our own step in Keras)."""
+
+    enabled: bool = False
+    noise_multiplier: float = Field(1.0, ge=0)
+    target_epsilon: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    poisson: bool = True
+
+
+class ClientDPConfig(_Section):
+    """Client-level DP: a Flower DP wrapper around the federation strategy."""
+
+    mode: ClientDPMode = "off"
+    noise_multiplier: float = Field(1.0, gt=0)
+    clipping_norm: float = Field(1.0, gt=0)
+    target_clipped_quantile: float = Field(0.5, ge=0, le=1)
+    clip_norm_lr: float = Field(0.2, gt=0)
+    clipped_count_stddev: float = Field(0.0, ge=0)
+
+
+class AuditConfig(_Section):
+    """Empirical privacy audits run on the final global model."""
+
+    membership: bool = False
+    max_examples: int = Field(2000, ge=10)
+    canaries: int = Field(0, ge=0)
+    canary_client: int = Field(0, ge=0)
+    canary_repeats: int = Field(1, ge=1)
+    guesses: int = Field(0, ge=0)
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check_guesses(self) -> AuditConfig:
+        if self.canaries and 2 * self.guesses > self.canaries:
+            raise ValueError(
+                f"privacy.audit.guesses={self.guesses} guesses per side need at least "
+                f"{2 * self.guesses} canaries; privacy.audit.canaries={self.canaries}"
+            )
+        return self
+
+
+class PrivacyConfig(_Section):
+    delta: float = Field(1e-5, gt=0, lt=1)
+    accountant: AccountantName = "rdp"
+    budget_epsilon: float = Field(0.0, ge=0)
+    sample: SampleDPConfig = Field(default_factory=SampleDPConfig)
+    client: ClientDPConfig = Field(default_factory=ClientDPConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+
+    @model_validator(mode="after")
+    def _check_dp(self) -> PrivacyConfig:
+        sample = self.sample
+        if sample.enabled and sample.target_epsilon == 0 and sample.noise_multiplier == 0:
+            raise ValueError(
+                "privacy.sample: set noise_multiplier > 0 or target_epsilon > 0 "
+                "(noise_multiplier = 0 gives no privacy)"
+            )
+        if self.budget_epsilon and not (sample.enabled or self.client.mode != "off"):
+            raise ValueError(
+                "privacy.budget_epsilon needs a DP mechanism: set privacy.sample.enabled = true "
+                "or privacy.client.mode to one of server_fixed, client_fixed, "
+                "server_adaptive, client_adaptive"
+            )
+        return self
+
+    @property
+    def any_dp(self) -> bool:
+        return self.sample.enabled or self.client.mode != "off"
+
+
 class RayConfig(_Section):
     num_cpus_per_client: float = Field(1.0, gt=0)
 
@@ -140,8 +215,33 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _check_cross_sections(self) -> Config:
+        audit = self.privacy.audit
+        if audit.canaries and audit.canary_client >= self.data.num_clients:
+            raise ValueError(
+                f"privacy.audit.canary_client={audit.canary_client} is not a client; "
+                f"allowed: 0..{self.data.num_clients - 1} (data.num_clients)"
+            )
+        if self.privacy.client.mode != "off":
+            from strategies import MEAN_AGGREGATING
+
+            if self.federation.strategy not in MEAN_AGGREGATING:
+                raise ValueError(
+                    f"privacy.client.mode='{self.privacy.client.mode}' calibrates noise to a "
+                    f"mean of client updates; federation.strategy '{self.federation.strategy}'"
+                    f" is not one; allowed: {', '.join(sorted(MEAN_AGGREGATING))}"
+                )
+        if self.privacy.sample.enabled and self.model.dropout:
+            raise ValueError(
+                "privacy.sample.enabled needs model.dropout = 0 "
+                "(per-example gradients are taken without dropout masks)"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
@@ -149,6 +249,14 @@ class Config(_Section):
     def config_hash(self) -> str:
         """Stable hash of every setting that changes the computation (output is excluded)."""
         payload = {k: v for k, v in self.to_dict().items() if k not in ("output", "name")}
+        text = json.dumps(payload, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def data_fingerprint(self) -> str:
+        """Hash of what defines the clients' data (ledgers compose only on equal ones)."""
+        payload = {"data": self.data.model_dump(mode="json"), "seed": self.seed,
+                   "canaries": self.privacy.audit.model_dump(mode="json")
+                   if self.privacy.audit.canaries else None}
         text = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -20,7 +20,7 @@ import numpy as np
 from sandbox.errors import DataError
 
 if TYPE_CHECKING:
-    from sandbox.config import DataConfig
+    from sandbox.config import Config, DataConfig
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,15 @@ class FederatedData:
 def load_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
     """Build (or fetch from the per-process cache) the federation for ``cfg`` and ``seed``."""
     return _load_cached(cfg, seed)
+
+
+def load_experiment_data(cfg: Config) -> FederatedData:
+    """The federation a run trains on: ``cfg.data`` plus audit canaries if configured."""
+    if not cfg.privacy.audit.canaries:
+        return load_federated_data(cfg.data, cfg.seed)
+    from sandbox.privacy.canaries import federation_with_canaries
+
+    return federation_with_canaries(cfg.data, cfg.seed, cfg.privacy.audit)[0]
 
 
 @functools.lru_cache(maxsize=4)

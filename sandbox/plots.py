@@ -81,3 +81,32 @@ def plot_sweep(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_privacy(ledger, accountant: str, path: Path, title: str) -> None:
+    """ε(δ) after each round: clients' median with min–max band, and the federation."""
+    from sandbox.privacy import FEDERATION
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    clients = [s for s in ledger.scopes if s != FEDERATION]
+    if clients:
+        rounds = sorted({m.round for m in ledger.mechanisms if m.scope != FEDERATION})
+        table = np.array([[ledger.epsilon(s, accountant, up_to_round=r) for s in clients]
+                          for r in rounds])
+        ax.fill_between(rounds, table.min(axis=1), table.max(axis=1), alpha=0.3,
+                        label=f"sample-level, {len(clients)} clients (min–max)")
+        ax.plot(rounds, np.median(table, axis=1), marker="o", ms=3,
+                label="sample-level, median client")
+    if FEDERATION in ledger.scopes:
+        points = ledger.per_round(FEDERATION, accountant)
+        ax.plot([r for r, _ in points], [e for _, e in points], marker="s", ms=3,
+                label="client-level (federation)")
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"ε at δ={ledger.delta:g} ({accountant.upper()})")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

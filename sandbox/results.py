@@ -11,7 +11,14 @@ error in ``error.txt``. Layout of a finished run::
     partitions.png         the same as stacked bars
     metrics.png            accuracy and loss per round
     weights.npz            final global weights, canonical layout, named arrays
+    privacy.json           ledger (every DP mechanism, ε per scope under RDP and PRV),
+                           clients' own accountant ε, budget stop, audit results
+    privacy.png            ε per round: median and min-max band over clients, federation
     tensorboard/           scalar event files
+
+A run stopped by ``privacy.budget_epsilon`` is a finished run (committed, not
+``.failed``): its rows end at the last round within budget and ``run.json`` says where
+and why it stopped.
 """
 
 from __future__ import annotations
@@ -38,9 +45,10 @@ if TYPE_CHECKING:
     from sandbox.data import FederatedData
     from sandbox.models import ModelSpec
 
+PRIVACY_COLUMNS = ["eps_client_max", "eps_client_median", "eps_federation"]
 METRIC_COLUMNS = [
     "round", "central_accuracy", "central_loss", "train_loss", "eval_accuracy", "eval_loss",
-    "round_s",
+    *PRIVACY_COLUMNS, "round_s",
 ]
 VERSIONED_PACKAGES = [
     "fedsandbox", "flwr", "flwr-datasets", "torch", "tensorflow-cpu", "keras", "numpy",
@@ -67,6 +75,8 @@ class RunResult:
     rounds: list[dict[str, float]]
     wall_s: float
     final: dict[str, float] = field(default_factory=dict)
+    privacy: dict = field(default_factory=dict)
+    stopped_early: dict | None = None
 
     def metric(self, key: str) -> list[float]:
         """One metric over rounds, e.g. ``result.metric("central_accuracy")``."""
@@ -119,6 +129,8 @@ class RunRecorder:
         self.cfg = cfg
         self.rows: dict[int, dict[str, float]] = {}
         self.result = None
+        self.accounted = None
+        self.stopped = None
         self._last = time.perf_counter()
         self._tb = ScalarWriter(run_dir.path / "tensorboard") if cfg.output.tensorboard else None
         self._progress = None
@@ -147,17 +159,22 @@ class RunRecorder:
             "round": server_round,
             "central_accuracy": metrics["accuracy"],
             "central_loss": metrics["loss"],
+            **{k: metrics[k] for k in PRIVACY_COLUMNS if k in metrics},
             "round_s": now - self._last,
         }
         self._last = now
         if self._tb:
-            self._tb.scalars(server_round, {"central/accuracy": metrics["accuracy"],
-                                            "central/loss": metrics["loss"]})
+            self._tb.scalars(server_round, {
+                "central/accuracy": metrics["accuracy"], "central/loss": metrics["loss"],
+                **{f"privacy/{k}": metrics[k] for k in PRIVACY_COLUMNS if k in metrics},
+            })
         if self._progress and server_round > 0:
             self._progress.update(self._task, completed=server_round, acc=metrics["accuracy"])
 
-    def strategy_finished(self, result) -> None:
+    def strategy_finished(self, result, accounted=None, stopped=None) -> None:
         self.result = result
+        self.accounted = accounted
+        self.stopped = stopped
 
     def stop_progress(self) -> None:
         if self._progress:
@@ -198,21 +215,47 @@ class RunRecorder:
         return dict(zip(spec.weight_names(), weights, strict=True))
 
 
+def privacy_report(cfg: Config, recorder: RunRecorder, audits: dict) -> dict:
+    """Contents of ``privacy.json``."""
+    accounted = recorder.accounted
+    ledger = accounted.ledger
+    stop = recorder.stopped
+    return {
+        "sample_dp": cfg.privacy.sample.enabled,
+        "client_dp": cfg.privacy.client.mode,
+        "accountant": cfg.privacy.accountant,
+        "budget_epsilon": cfg.privacy.budget_epsilon or None,
+        "stopped_early": None if stop is None else {
+            "before_round": stop.server_round, "scope": stop.scope,
+            "projected_epsilon": stop.projected, "reason": str(stop)},
+        "ledger": ledger.to_json(),
+        "client_reported_epsilon": {str(k): v for k, v in
+                                    sorted(accounted.client_reported.items())},
+        "audit": audits,
+    }
+
+
 def write_run(
     run_dir: RunDirectory, cfg: Config, data: FederatedData, spec: ModelSpec,
-    recorder: RunRecorder, wall_s: float,
+    recorder: RunRecorder, wall_s: float, audits: dict | None = None,
 ) -> RunResult:
     """Write every file of a finished run and publish the directory."""
     rows = recorder.finish()
     final = {k: v for k, v in rows[-1].items() if v is not None and k != "round_s"}
     stats = data.stats()
+    privacy = privacy_report(cfg, recorder, audits or {})
+    privacy["ledger"]["data_fingerprint"] = cfg.data_fingerprint()
+    summary = {"scopes": privacy["ledger"]["report"]["scopes"],
+               "stopped_early": privacy["stopped_early"], "audit": audits or {}}
     (run_dir.path / "config.toml").write_text(cfg.to_toml())
     run_dir.write_json("run.json", {
         "name": cfg.name, "config_hash": cfg.config_hash(), "seed": cfg.seed,
         "framework": cfg.framework, "backend": cfg.backend, "rounds": cfg.rounds,
+        "rounds_completed": rows[-1]["round"],
         "wall_s": wall_s, "finished": dt.datetime.now().isoformat(timespec="seconds"),
-        "final": final, "versions": package_versions(),
+        "final": final, "privacy": summary, "versions": package_versions(),
     })
+    run_dir.write_json("privacy.json", privacy)
     run_dir.write_json("metrics.json", rows)
     run_dir.write_metrics_csv(rows)
     run_dir.write_json("partition_stats.json", stats)
@@ -223,5 +266,9 @@ def write_run(
         plots.plot_metrics(rows, run_dir.path / "metrics.png", title)
         plots.plot_partitions(stats, run_dir.path / "partitions.png",
                               f"{cfg.data.dataset}: {cfg.data.partitioner} partition")
+        if recorder.accounted.ledger.mechanisms:
+            plots.plot_privacy(recorder.accounted.ledger, cfg.privacy.accountant,
+                               run_dir.path / "privacy.png", f"{cfg.name}: ε per round")
     path = run_dir.commit()
-    return RunResult(path, cfg.config_hash(), rows, wall_s, final)
+    return RunResult(path, cfg.config_hash(), rows, wall_s, final, summary,
+                     privacy["stopped_early"])

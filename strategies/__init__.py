@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 
     from sandbox.config import FederationConfig
 
-StrategyFactory = Callable[["FederationConfig", int], "Strategy"]
+StrategyFactory = Callable[..., "Strategy"]
+
+#: Strategies whose aggregate is a (weighted) mean of client updates, possibly followed by
+#: a server optimizer: the ones client-level DP noise calibrated to the mean is valid for.
+MEAN_AGGREGATING = frozenset({"fedavg", "fedavgm", "fedadam", "fedadagrad", "fedyogi"})
 
 _REGISTRY: dict[str, StrategyFactory] = {}
 
@@ -45,18 +49,28 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_strategy(cfg: FederationConfig, num_clients: int) -> Strategy:
+def build_strategy(
+    cfg: FederationConfig, num_clients: int, *, uniform_weights: bool = False
+) -> Strategy:
+    """Strategy ``cfg.strategy``; ``uniform_weights`` averages clients equally.
+
+    Client-level DP needs equal weights: its noise is calibrated to a sensitivity of
+    ``clipping_norm / clients_per_round``, which holds for the unweighted mean only.
+    Clients send ``unit-weight = 1`` in every training reply for this.
+    """
     if cfg.strategy not in _REGISTRY:
         raise ConfigError(
             f"unknown federation.strategy '{cfg.strategy}'; allowed: {', '.join(available())}"
         )
-    return _REGISTRY[cfg.strategy](cfg, num_clients)
+    return _REGISTRY[cfg.strategy](cfg, num_clients, uniform_weights=uniform_weights)
 
 
 def _stock(class_name: str) -> StrategyFactory:
     """Factory for a stock ``flwr.serverapp.strategy`` class."""
 
-    def factory(cfg: FederationConfig, num_clients: int) -> Strategy:
+    def factory(
+        cfg: FederationConfig, num_clients: int, *, uniform_weights: bool = False
+    ) -> Strategy:
         from flwr.serverapp import strategy as flwr_strategies
 
         cls = getattr(flwr_strategies, class_name)
@@ -71,6 +85,8 @@ def _stock(class_name: str) -> StrategyFactory:
                 f"allowed: {tunable or 'none'}"
             )
         kwargs: dict[str, Any] = dict(cfg.strategy_args)
+        if uniform_weights:
+            kwargs["weighted_by_key"] = "unit-weight"
         return cls(
             fraction_train=cfg.fraction_train,
             fraction_evaluate=cfg.fraction_evaluate,
@@ -95,4 +111,4 @@ for _name, _cls in {
 }.items():
     register(_name, _stock(_cls))
 
-__all__ = ["available", "build_strategy", "register"]
+__all__ = ["MEAN_AGGREGATING", "available", "build_strategy", "register"]

@@ -1,0 +1,22 @@
+"""Privacy maths: accountants, the privacy ledger, DP plans and empirical audits.
+
+Pure numpy/scipy apart from the accountant calls into Opacus (imported lazily), so
+``import sandbox.privacy`` stays framework-free.
+"""
+
+from sandbox.privacy.accounting import ACCOUNTANTS, RDP_ORDERS, epsilon, noise_for_target
+from sandbox.privacy.ledger import FEDERATION, Mechanism, PrivacyLedger
+from sandbox.privacy.plan import SampleDPPlan, client_dp_rate, sample_dp_plan
+
+__all__ = [
+    "ACCOUNTANTS",
+    "FEDERATION",
+    "RDP_ORDERS",
+    "Mechanism",
+    "PrivacyLedger",
+    "SampleDPPlan",
+    "client_dp_rate",
+    "epsilon",
+    "noise_for_target",
+    "sample_dp_plan",
+]

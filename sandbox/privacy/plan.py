@@ -1,0 +1,69 @@
+"""What each DP mechanism of a run will be, derived from the config alone.
+
+Clients and the server both call these functions, so the server knows each client's
+DP-SGD mechanism (for the ledger and the budget) without trusting client reports.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sandbox.privacy.accounting import noise_for_target
+
+if TYPE_CHECKING:
+    from sandbox.config import Config
+
+
+@dataclass(frozen=True)
+class SampleDPPlan:
+    """DP-SGD for one client and one round.
+
+    ``sample_rate`` is the Poisson rate q = batch / n (each step includes each example
+    independently with probability q), ``expected_batch`` the normalizer of the noisy
+    gradient sum and ``steps`` the number of noisy steps per round.
+    """
+
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    expected_batch: int
+    steps: int
+    poisson: bool
+
+
+def sample_dp_plan(cfg: Config, num_examples: int) -> SampleDPPlan:
+    """DP-SGD parameters of a client holding ``num_examples`` training examples."""
+    return _sample_dp_plan(cfg.privacy, cfg.train, cfg.rounds, num_examples)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sample_dp_plan(privacy, train, rounds: int, num_examples: int) -> SampleDPPlan:
+    batch = min(train.batch_size, num_examples)
+    if train.local_steps is not None:
+        steps = train.local_steps
+    else:
+        steps = train.epochs_or_default * math.ceil(num_examples / batch)
+    rate = batch / num_examples
+    sample = privacy.sample
+    noise = sample.noise_multiplier
+    if sample.target_epsilon > 0:
+        # Calibrated so that a client training in every round ends at exactly ε.
+        noise = noise_for_target(
+            target_epsilon=sample.target_epsilon, delta=privacy.delta, sample_rate=rate,
+            steps=steps * rounds, accountant=privacy.accountant,
+        )
+    return SampleDPPlan(noise, sample.max_grad_norm, rate, batch, steps, sample.poisson)
+
+
+def clients_per_round(num_clients: int, fraction_train: float) -> int:
+    """How many clients Flower's strategies sample each round (``fraction_train``)."""
+    return max(int(num_clients * fraction_train), 1)
+
+
+def client_dp_rate(cfg: Config) -> tuple[int, float]:
+    """Clients per round and the sampling rate used to account client-level DP."""
+    sampled = clients_per_round(cfg.data.num_clients, cfg.federation.fraction_train)
+    return sampled, sampled / cfg.data.num_clients

@@ -1,0 +1,182 @@
+"""Privacy on the server: Flower's client-level DP wrappers, the ledger and the budget.
+
+:func:`wrap_client_dp` puts one of Flower's DP strategy wrappers around the registry
+strategy (McMahan et al. 2018 with fixed clipping; Andrew et al. 2021 with adaptive
+clipping; clipping on the server or, with Flower's clipping mods, on the clients).
+:class:`AccountedStrategy` is the outermost wrapper of every run: it writes each
+round's DP mechanisms into the :class:`~sandbox.privacy.PrivacyLedger`, stops the run
+before a round that would exceed ``privacy.budget_epsilon`` and keeps a ``Result`` that
+survives such a stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from sandbox.privacy import FEDERATION, Mechanism, PrivacyLedger, client_dp_rate
+
+if TYPE_CHECKING:
+    from sandbox.config import Config
+    from sandbox.privacy import SampleDPPlan
+
+PARTITION_KEY = "partition-id"
+UNIFORM_WEIGHT_KEY = "unit-weight"
+
+
+class BudgetExhausted(Exception):
+    """The next round would take some scope's ε past ``privacy.budget_epsilon``."""
+
+    def __init__(self, server_round: int, scope: str, projected: float, budget: float):
+        super().__init__(
+            f"round {server_round} would raise ε of {scope} to {projected:.4f} > budget "
+            f"{budget:g}; stopped after round {server_round - 1}"
+        )
+        self.server_round = server_round
+        self.scope = scope
+        self.projected = projected
+
+
+def wrap_client_dp(strategy: Strategy, cfg: Config) -> Strategy:
+    """Flower's client-level DP wrapper selected by ``privacy.client.mode``."""
+    from flwr.serverapp import strategy as flwr_strategies
+
+    dp = cfg.privacy.client
+    sampled, _ = client_dp_rate(cfg)
+    if dp.mode in ("server_fixed", "client_fixed"):
+        cls = (flwr_strategies.DifferentialPrivacyServerSideFixedClipping
+               if dp.mode == "server_fixed"
+               else flwr_strategies.DifferentialPrivacyClientSideFixedClipping)
+        return cls(strategy, dp.noise_multiplier, dp.clipping_norm, sampled)
+    cls = (flwr_strategies.DifferentialPrivacyServerSideAdaptiveClipping
+           if dp.mode == "server_adaptive"
+           else flwr_strategies.DifferentialPrivacyClientSideAdaptiveClipping)
+    return cls(
+        strategy, dp.noise_multiplier, sampled,
+        initial_clipping_norm=dp.clipping_norm,
+        target_clipped_quantile=dp.target_clipped_quantile,
+        clip_norm_lr=dp.clip_norm_lr,
+        clipped_count_stddev=dp.clipped_count_stddev or None,
+    )
+
+
+def client_mods(cfg: Config) -> list:
+    """ClientApp mods that client-side clipping needs (Flower's clipping mods)."""
+    from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+
+    return {"client_fixed": [fixedclipping_mod],
+            "client_adaptive": [adaptiveclipping_mod]}.get(cfg.privacy.client.mode, [])
+
+
+class AccountedStrategy(Strategy):
+    """Wrap ``strategy``: ledger entries per round, budget stop, a stop-proof Result.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        The (possibly DP-wrapped) registry strategy; all decisions are delegated to it.
+    cfg : Config
+        The run's config (privacy section, client count).
+    sample_plans : dict of int to SampleDPPlan
+        Each client's DP-SGD mechanism per round (empty without sample-level DP).
+    """
+
+    def __init__(self, strategy: Strategy, cfg: Config,
+                 sample_plans: dict[int, SampleDPPlan], *, source: str = "") -> None:
+        super().__init__()
+        self.strategy = strategy
+        self.cfg = cfg
+        self.sample_plans = sample_plans
+        self.source = source
+        self.ledger = PrivacyLedger(delta=cfg.privacy.delta)
+        self.result = Result()
+        self.client_reported: dict[int, float] = {}
+        self._node_partition: dict[int, int] = {}
+
+    # -- the run's mechanisms ----------------------------------------------------------
+    def _federation_mechanism(self, server_round: int) -> Mechanism | None:
+        if self.cfg.privacy.client.mode == "off":
+            return None
+        _, rate = client_dp_rate(self.cfg)
+        return Mechanism(FEDERATION, "client-dp", server_round,
+                         self.cfg.privacy.client.noise_multiplier, rate, 1, self.source)
+
+    def _client_mechanism(self, server_round: int, pid: int) -> Mechanism:
+        plan = self.sample_plans[pid]
+        return Mechanism(f"client-{pid}", "dp-sgd", server_round, plan.noise_multiplier,
+                         plan.sample_rate, plan.steps, self.source)
+
+    def _planned(self, server_round: int, node_ids: list[int]) -> list[Mechanism]:
+        planned = []
+        fed = self._federation_mechanism(server_round)
+        if fed is not None:
+            planned.append(fed)
+        if self.sample_plans:
+            known = [self._node_partition.get(n) for n in node_ids]
+            if None in known:  # first contact: any not-yet-seen client may be on that node
+                seen = set(self._node_partition.values())
+                known = [p for p in known if p is not None] + [
+                    p for p in self.sample_plans if p not in seen]
+            planned += [self._client_mechanism(server_round, pid) for pid in set(known)]
+        return planned
+
+    def _check_budget(self, server_round: int, node_ids: list[int]) -> None:
+        budget = self.cfg.privacy.budget_epsilon
+        if not budget:
+            return
+        for mechanism in self._planned(server_round, node_ids):
+            projected = self.ledger.epsilon(mechanism.scope, self.cfg.privacy.accountant,
+                                            extra=[mechanism])
+            if projected > budget:
+                raise BudgetExhausted(server_round, mechanism.scope, projected, budget)
+
+    # -- Strategy interface --------------------------------------------------------------
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self._check_budget(server_round, [m.metadata.dst_node_id for m in messages])
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        trained = []
+        for reply in replies:
+            if reply.has_error():
+                continue
+            metrics = reply.content["metrics"]
+            pid = int(metrics[PARTITION_KEY])
+            self._node_partition[reply.metadata.src_node_id] = pid
+            trained.append(pid)
+            if "dp_epsilon" in metrics:
+                self.client_reported[pid] = float(metrics["dp_epsilon"])
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        if arrays is not None:
+            self.result.arrays = arrays
+            fed = self._federation_mechanism(server_round)
+            if fed is not None:
+                self.ledger.add(fed)
+        if self.sample_plans:
+            for pid in sorted(trained):
+                self.ledger.add(self._client_mechanism(server_round, pid))
+        if metrics is not None:
+            self.result.train_metrics_clientapp[server_round] = metrics
+        return arrays, metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
+                           config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        metrics = self.strategy.aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            self.result.evaluate_metrics_clientapp[server_round] = metrics
+        return metrics
