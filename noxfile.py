@@ -83,8 +83,22 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Runtime overhead: bare loop vs inline Grid vs Flower run_simulation (Ray)."""
+    """Runtime overhead (bare loop / inline Grid / Ray) and DP-SGD step-time ratios."""
     _run(session, "python", "benchmarks/bench_runtime.py", *session.posargs)
+    _run(session, "python", "benchmarks/bench_dp.py")
+
+
+@nox.session
+def dp_sweep(session: nox.Session) -> None:
+    """Utility–privacy curve: configs/dp_sweep.toml in PyTorch and Keras (a few minutes)."""
+    _run(session, "fedsandbox", "sweep", "configs/dp_sweep.toml", "--quiet", *session.posargs)
+
+
+@nox.session
+def crosscheck(session: nox.Session) -> None:
+    """Ledger accountants vs Google's dp-accounting on the acceptance grid (~1 min)."""
+    _run(session, "python", "-m", "sandbox.privacy.crosscheck",
+         "--out", "docs/accountant_crosscheck.md")
 
 
 @nox.session

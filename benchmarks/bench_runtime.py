@@ -17,14 +17,18 @@ import os
 import platform
 import statistics
 import time
+
+import sys
 from pathlib import Path
 
-import sandbox
-from clients.app import client_randomness, model_spec_for
-from clients.trainer import batch_schedule, get_trainer
-from sandbox.data import load_federated_data
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-RESULTS = Path(__file__).parent / "RESULTS.md"
+import sandbox  # noqa: E402
+from benchmarks.results_file import replace_section  # noqa: E402
+from clients.app import client_randomness, model_spec_for  # noqa: E402
+from clients.trainer import batch_schedule, get_trainer  # noqa: E402
+from sandbox.data import load_federated_data  # noqa: E402
+
 
 
 def bench_config(framework: str, clients: int, rounds: int, backend: str) -> sandbox.Config:
@@ -68,7 +72,7 @@ class _Final:
     def round_finished(self, server_round, metrics):
         self.accuracy = metrics["accuracy"]
 
-    def strategy_finished(self, result): ...
+    def strategy_finished(self, result, *privacy): ...
 
 
 def flower_run(cfg: sandbox.Config) -> float:
@@ -142,17 +146,7 @@ def write_results(rows: list[dict], args) -> None:
         "including Ray start-up.", "",
         HEADER, "|" + "---|" * 10, *[format_row(r) for r in rows], "",
     ]
-    section = "\n".join(lines)
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    marker = f"## Runtime overhead ({args.framework})"
-    if marker in text:
-        head, _, rest = text.partition(marker)
-        tail = rest[rest.find("\n## ") + 1:] if "\n## " in rest else ""
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    RESULTS.write_text(text)
-    print(f"written to {RESULTS}")
+    replace_section(f"## Runtime overhead ({args.framework})", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -101,7 +101,8 @@ def make_client_app(cfg: Config) -> ClientApp:
         trainer.set_weights(record_to_arrays(spec, msg.content["arrays"]))
         loss, accuracy = trainer.evaluate(data.x_test, data.y_test)
         metrics = MetricRecord(
-            {"eval_loss": loss, "eval_accuracy": accuracy, "num-examples": len(data.y_test)}
+            {"eval_loss": loss, "eval_accuracy": accuracy, "num-examples": len(data.y_test),
+             UNIFORM_WEIGHT_KEY: 1.0}
         )
         return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 

@@ -18,6 +18,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="override a config key, e.g. data.alpha=0.1")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    sweep = commands.add_parser(
+        "sweep", help="run every combination of a config's [sweep] table (e.g. DP noise)")
+    sweep.add_argument("config", help="experiment TOML with a [sweep] table")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a key of every run")
+    sweep.add_argument("--quiet", action="store_true", help="no per-run progress bars")
     show = commands.add_parser("show-config", help="print the resolved config as TOML")
     show.add_argument("config")
     show.add_argument("--set", dest="overrides", action="append", default=[],
@@ -29,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from sandbox.config import load_config
 
+    if args.command == "sweep":
+        return _sweep(args)
     try:
         overrides = list(args.overrides)
         if getattr(args, "quiet", False):
@@ -45,6 +53,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.quiet:
         print_summary(cfg, result)
+    return 0
+
+
+def _sweep(args) -> int:
+    from sandbox.config import parse_overrides
+    from sandbox.sweep import run_sweep
+
+    try:
+        path = run_sweep(args.config, dict(parse_overrides(args.overrides)), quiet=args.quiet)
+    except SandboxError as exc:
+        print(f"fedsandbox: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"sweep results: {path}")
     return 0
 
 

@@ -236,6 +236,19 @@ class Config(_Section):
                     f"mean of client updates; federation.strategy '{self.federation.strategy}'"
                     f" is not one; allowed: {', '.join(sorted(MEAN_AGGREGATING))}"
                 )
+            client = self.privacy.client
+            if client.mode.endswith("adaptive"):
+                from sandbox.privacy.plan import clients_per_round
+
+                sampled = clients_per_round(self.data.num_clients, self.federation.fraction_train)
+                stddev = client.clipped_count_stddev or sampled / 20
+                if client.noise_multiplier >= 2 * stddev:
+                    raise ValueError(
+                        f"privacy.client.noise_multiplier={client.noise_multiplier} needs "
+                        f"privacy.client.clipped_count_stddev > {client.noise_multiplier / 2:g}"
+                        f" for adaptive clipping (Andrew et al. 2021); it is {stddev:g}"
+                        f"{' (default: clients per round / 20)' if not client.clipped_count_stddev else ''}"
+                    )
         if self.privacy.sample.enabled and self.model.dropout:
             raise ValueError(
                 "privacy.sample.enabled needs model.dropout = 0 "
@@ -294,8 +307,8 @@ def load_config(
             raw = tomllib.loads(file.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: invalid TOML: {exc}") from None
-    for key, value in _parse_overrides(overrides):
-        _set_dotted(raw, key, value)
+    for key, value in parse_overrides(overrides):
+        set_dotted(raw, key, value)
     return validate_config(raw, source=source)
 
 
@@ -308,7 +321,7 @@ def validate_config(raw: dict[str, Any], *, source: str = "config") -> Config:
         raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from None
 
 
-def _parse_overrides(overrides: list[str] | dict[str, Any] | None) -> list[tuple[str, Any]]:
+def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> list[tuple[str, Any]]:
     if overrides is None:
         return []
     if isinstance(overrides, dict):
@@ -329,7 +342,7 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = raw
     for depth, part in enumerate(parts[:-1]):

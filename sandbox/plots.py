@@ -110,3 +110,30 @@ def plot_privacy(ledger, accountant: str, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_utility_privacy(rows: list[dict], path: Path, title: str) -> None:
+    """Final accuracy against ε, one line per framework; no-DP baselines dashed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    frameworks = sorted({r["framework"] for r in rows})
+    colors = dict(zip(frameworks, plt.get_cmap("tab10").colors, strict=False))
+    for framework in frameworks:
+        points = sorted((r["epsilon"], r["final_accuracy"]) for r in rows
+                        if r["framework"] == framework and not r["baseline"])
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", color=colors[framework],
+                    label=f"{framework} (DP)")
+        for r in rows:
+            if r["framework"] == framework and r["baseline"]:
+                ax.axhline(r["final_accuracy"], ls="--", color=colors[framework],
+                           label=f"{framework}, no DP")
+    ax.set_xscale("log")
+    ax.set_xlabel("ε (δ fixed; max over clients for sample-level DP)")
+    ax.set_ylabel("final centralized accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

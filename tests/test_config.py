@@ -125,7 +125,30 @@ def test_every_shipped_config_validates_and_builds(path):
     from sandbox.data import load_federated_data
     from sandbox.models import ModelSpec
 
-    cfg = load_config(path)
-    data = load_federated_data(cfg.data, cfg.seed)
-    ModelSpec.from_config(cfg.model, data.input_shape, data.num_classes)
-    assert len(data.clients) == cfg.data.num_clients
+    if "[sweep]" in path.read_text():
+        from sandbox.sweep import load_sweep
+
+        configs = [cfg for _, cfg in load_sweep(path)[1]]
+    else:
+        configs = [load_config(path)]
+    for cfg in configs:
+        data = load_federated_data(cfg.data, cfg.seed)
+        ModelSpec.from_config(cfg.model, data.input_shape, data.num_classes)
+        assert len(data.clients) == cfg.data.num_clients
+
+
+def test_sweep_expands_grid_and_baselines(tmp_path):
+    from sandbox.sweep import load_sweep
+
+    _, runs = load_sweep(ROOT / "configs" / "dp_sweep.toml")
+    assert len(runs) == 2 * 6 + 2
+    baselines = [cfg for combo, cfg in runs if combo.get("baseline")]
+    assert {c.framework for c in baselines} == {"torch", "keras"}
+    assert not any(c.privacy.any_dp for c in baselines)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[sweep]\n"privacy.sample.noise_multiplier" = [1.0, -1.0]\n')
+    with pytest.raises(ConfigError, match="noise_multiplier"):
+        load_sweep(bad)
+    bad.write_text('rounds = 3\n')
+    with pytest.raises(ConfigError, match=r"\[sweep\] table"):
+        load_sweep(bad)

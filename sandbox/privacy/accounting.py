@@ -25,7 +25,10 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import warnings
 from collections.abc import Iterable
+
+import numpy as np
 
 History = tuple[tuple[float, float, int], ...]
 
@@ -74,7 +77,9 @@ def _rdp_epsilon(history: History, delta: float) -> float:
         rdp.compute_rdp(q=rate, noise_multiplier=noise, steps=steps, orders=list(RDP_ORDERS))
         for noise, rate, steps in history
     )
-    eps, _ = rdp.get_privacy_spent(orders=list(RDP_ORDERS), rdp=total, delta=delta)
+    with warnings.catch_warnings():  # "optimal order is the smallest alpha": ε > ~40
+        warnings.simplefilter("ignore", UserWarning)
+        eps, _ = rdp.get_privacy_spent(orders=list(RDP_ORDERS), rdp=total, delta=delta)
     return float(eps)
 
 
@@ -85,13 +90,14 @@ def _prv_epsilon(history: History, delta: float) -> float:
     accountant = PRVAccountant()
     accountant.history = [tuple(entry) for entry in history]
     logging.getLogger("opacus").setLevel(logging.ERROR)
-    rough = accountant.get_epsilon(delta, eps_error=0.01)
-    if not math.isfinite(rough) or rough <= 0:
-        return float(rough)
-    error = min(0.01, max(1e-4, 0.005 * rough))
-    if error >= 0.01:
-        return float(rough)
-    return float(accountant.get_epsilon(delta, eps_error=error))
+    with np.errstate(divide="ignore", invalid="ignore"):  # q = 1 takes log(0) paths
+        rough = accountant.get_epsilon(delta, eps_error=0.01)
+        if not math.isfinite(rough) or rough <= 0:
+            return float(rough)
+        error = min(0.01, max(1e-4, 0.005 * rough))
+        if error >= 0.01:
+            return float(rough)
+        return float(accountant.get_epsilon(delta, eps_error=error))
 
 
 def noise_for_target(

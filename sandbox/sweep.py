@@ -1,0 +1,137 @@
+"""Grid sweeps over config keys: ``fedsandbox sweep CONFIG``.
+
+A sweep file is an experiment config plus a ``[sweep]`` table mapping dotted keys to
+lists of values; every combination is one run. All combinations are validated before the
+first run starts. Results go to ``<output.dir>/<name>-<stamp>/`` (written as
+``.partial`` until complete):
+
+    sweep.csv / sweep.json   one row per run: swept values, final/best accuracy, ε
+    utility_privacy.png      final accuracy against ε, one line per framework
+                             (when the sweep varies a DP setting)
+    runs/                    every run's own results directory
+
+Keys in ``[sweep]`` besides value lists: ``baseline = true`` adds one run without DP
+per framework (drawn as a dashed line on the utility–privacy plot).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import itertools
+import json
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from sandbox.config import Config, set_dotted, validate_config
+from sandbox.errors import ConfigError
+
+
+def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None
+               ) -> tuple[str, list[tuple[dict[str, Any], Config]]]:
+    """Expand a sweep file into validated ``(swept values, Config)`` pairs."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"sweep file not found: {file}")
+    try:
+        raw = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: invalid TOML: {exc}") from None
+    grid = raw.pop("sweep", None)
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError(f"{file}: a sweep needs a [sweep] table of key = [values, ...]")
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    baseline = grid.pop("baseline", False)
+    bad = [k for k, v in grid.items() if not isinstance(v, list) or not v]
+    if bad:
+        raise ConfigError(f"{file}: [sweep] values must be non-empty lists; not for {bad}")
+    combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    if baseline:
+        frameworks = grid.get("framework", [raw.get("framework", "torch")])
+        combos += [{"framework": fw, "baseline": True} for fw in frameworks]
+    runs = []
+    for combo in combos:
+        run_raw = copy.deepcopy(raw)
+        for key, value in combo.items():
+            if key != "baseline":
+                set_dotted(run_raw, key, value)
+        if combo.get("baseline"):
+            run_raw.setdefault("privacy", {})
+            run_raw["privacy"]["sample"] = {"enabled": False}
+            run_raw["privacy"]["client"] = {"mode": "off"}
+            run_raw["privacy"].pop("budget_epsilon", None)
+        label = ", ".join(f"{k}={v}" for k, v in combo.items())
+        runs.append((combo, validate_config(run_raw, source=f"{file} [{label}]")))
+    return str(raw.get("name", file.stem)), runs
+
+
+def run_sweep(path: str | Path, overrides: dict[str, Any] | None = None,
+              *, quiet: bool = False) -> Path:
+    """Run every combination; return the sweep's results directory."""
+    from sandbox.api import run
+
+    name, runs = load_sweep(path, overrides)
+    root = Path(runs[0][1].output.dir)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    final_dir = root / f"{name}-{stamp}"
+    work = root / f".{name}-{stamp}.partial"
+    work.mkdir(parents=True)
+    rows = []
+    try:
+        for index, (combo, cfg) in enumerate(runs, 1):
+            cfg = cfg.model_copy(update={"output": cfg.output.model_copy(
+                update={"dir": str(work / "runs"), "progress": not quiet})})
+            result = run(cfg)
+            rows.append(_row(combo, cfg, result))
+            print(f"[{index}/{len(runs)}] {_describe(combo)}: accuracy "
+                  f"{rows[-1]['final_accuracy']:.3f}, ε {rows[-1]['epsilon']:.3g}", flush=True)
+        _write(work, rows, name)
+    except BaseException:
+        failed = root / f"{name}-{stamp}.failed"
+        shutil.move(str(work), str(failed))
+        raise
+    work.rename(final_dir)
+    return final_dir
+
+
+def _describe(combo: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in combo.items())
+
+
+def _row(combo: dict[str, Any], cfg: Config, result) -> dict[str, Any]:
+    scopes = result.privacy.get("scopes", {})
+    accountant = cfg.privacy.accountant
+    clients = [v[accountant] for k, v in scopes.items() if k != "federation"]
+    fed = scopes.get("federation", {}).get(accountant)
+    eps = max(clients) if clients else (fed if fed is not None else float("inf"))
+    return {
+        **{k: v for k, v in combo.items()},
+        "framework": cfg.framework,
+        "baseline": bool(combo.get("baseline", False)),
+        "final_accuracy": result.final["central_accuracy"],
+        "best_accuracy": max(result.metric("central_accuracy")),
+        "epsilon": eps,
+        "epsilon_kind": "max over clients (sample-level)" if clients
+        else ("federation (client-level)" if fed is not None else "no DP"),
+        "rounds_completed": result.rounds[-1]["round"],
+        "wall_s": result.wall_s,
+        "run_dir": str(result.run_dir.name),
+    }
+
+
+def _write(work: Path, rows: list[dict[str, Any]], name: str) -> None:
+    import csv
+
+    from sandbox.plots import plot_utility_privacy
+
+    (work / "sweep.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with (work / "sweep.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    if any(r["epsilon"] != float("inf") for r in rows):
+        plot_utility_privacy(rows, work / "utility_privacy.png", f"{name}: utility vs privacy")
