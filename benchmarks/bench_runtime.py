@@ -16,9 +16,8 @@ import datetime as dt
 import os
 import platform
 import statistics
-import time
-
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,7 +27,6 @@ from benchmarks.results_file import replace_section  # noqa: E402
 from clients.app import client_randomness, model_spec_for  # noqa: E402
 from clients.trainer import batch_schedule, get_trainer  # noqa: E402
 from sandbox.data import load_federated_data  # noqa: E402
-
 
 
 def bench_config(framework: str, clients: int, rounds: int, backend: str) -> sandbox.Config:

@@ -228,27 +228,7 @@ class Config(_Section):
                 f"allowed: 0..{self.data.num_clients - 1} (data.num_clients)"
             )
         if self.privacy.client.mode != "off":
-            from strategies import MEAN_AGGREGATING
-
-            if self.federation.strategy not in MEAN_AGGREGATING:
-                raise ValueError(
-                    f"privacy.client.mode='{self.privacy.client.mode}' calibrates noise to a "
-                    f"mean of client updates; federation.strategy '{self.federation.strategy}'"
-                    f" is not one; allowed: {', '.join(sorted(MEAN_AGGREGATING))}"
-                )
-            client = self.privacy.client
-            if client.mode.endswith("adaptive"):
-                from sandbox.privacy.plan import clients_per_round
-
-                sampled = clients_per_round(self.data.num_clients, self.federation.fraction_train)
-                stddev = client.clipped_count_stddev or sampled / 20
-                if client.noise_multiplier >= 2 * stddev:
-                    raise ValueError(
-                        f"privacy.client.noise_multiplier={client.noise_multiplier} needs "
-                        f"privacy.client.clipped_count_stddev > {client.noise_multiplier / 2:g}"
-                        f" for adaptive clipping (Andrew et al. 2021); it is {stddev:g}"
-                        f"{' (default: clients per round / 20)' if not client.clipped_count_stddev else ''}"
-                    )
+            _check_client_dp(self)
         if self.privacy.sample.enabled and self.model.dropout:
             raise ValueError(
                 "privacy.sample.enabled needs model.dropout = 0 "
@@ -275,6 +255,30 @@ class Config(_Section):
 
     def to_toml(self) -> str:
         return dict_to_toml(self.to_dict())
+
+
+def _check_client_dp(cfg: Config) -> None:
+    from strategies import MEAN_AGGREGATING
+
+    client = cfg.privacy.client
+    if cfg.federation.strategy not in MEAN_AGGREGATING:
+        raise ValueError(
+            f"privacy.client.mode='{client.mode}' calibrates noise to a mean of client "
+            f"updates; federation.strategy '{cfg.federation.strategy}' is not one; "
+            f"allowed: {', '.join(sorted(MEAN_AGGREGATING))}"
+        )
+    if client.mode.endswith("adaptive"):
+        from sandbox.privacy.plan import clients_per_round
+
+        sampled = clients_per_round(cfg.data.num_clients, cfg.federation.fraction_train)
+        stddev = client.clipped_count_stddev or sampled / 20
+        default = "" if client.clipped_count_stddev else " (default: clients per round / 20)"
+        if client.noise_multiplier >= 2 * stddev:
+            raise ValueError(
+                f"privacy.client.noise_multiplier={client.noise_multiplier} needs "
+                f"privacy.client.clipped_count_stddev > {client.noise_multiplier / 2:g} "
+                f"for adaptive clipping (Andrew et al. 2021); it is {stddev:g}{default}"
+            )
 
 
 def load_config(

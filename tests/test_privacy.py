@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sandbox
-from sandbox.privacy import FEDERATION, Mechanism, PrivacyLedger, epsilon
+from sandbox.privacy import Mechanism, PrivacyLedger, epsilon
 from sandbox.privacy import audit as audit_maths
 
 FRAMEWORKS = ["torch", "keras"]

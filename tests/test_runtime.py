@@ -91,7 +91,8 @@ from pathlib import Path
 cfg = sandbox.load_config("configs/quickstart.toml", small_overrides(Path({tmp!r}), **{extra!r}))
 result = sandbox.run(cfg)
 frameworks = [m for m in ("torch", "tensorflow", "keras") if m in sys.modules]
-print(json.dumps({{"rounds": result.rounds, "modules": frameworks}}))
+privacy = json.loads((result.run_dir / "privacy.json").read_text())
+print(json.dumps({{"rounds": result.rounds, "modules": frameworks, "privacy": privacy}}))
 """
 
 
@@ -110,6 +111,21 @@ def test_ray_backend_matches_inline(tmp_path, framework):
     assert_same_history(inline.rounds, ray["rounds"], atol=1e-6)
     other = "tensorflow" if framework == "torch" else "torch"
     assert other not in ray["modules"]
+
+
+def test_ray_nodes_keep_their_dp_accountant_across_rounds(tmp_path):
+    """Under Ray too, each node's Opacus accountant survives rounds (Context.state)."""
+    from sandbox.privacy import PrivacyLedger
+
+    extra = {"rounds": 3, "data.num_clients": 3, "backend": "ray",
+             "privacy.sample.enabled": True, "train.local_epochs": 1, "train.momentum": 0.0}
+    ray = _subprocess_run(RUN_AND_REPORT.format(tmp=str(tmp_path), extra=extra))
+    ledger = PrivacyLedger.from_json(ray["privacy"]["ledger"])
+    reported = ray["privacy"]["client_reported_epsilon"]
+    assert len(reported) == 3
+    for pid, eps in reported.items():
+        rounds = ledger.per_round(f"client-{pid}", "rdp")
+        assert len(rounds) == 3 and eps == pytest.approx(rounds[-1][1], rel=1e-9)
 
 
 def test_import_sandbox_imports_no_framework():

@@ -68,8 +68,8 @@ def crosscheck_row(q: float, sigma: float, steps: int, delta: float = DELTA) -> 
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        f"| q | σ | steps | ledger RDP | dp-acc RDP (same orders) | Δ | ledger RDP (int orders)"
-        f" | dp-acc RDP (int orders) | Δ | ledger PRV | dp-acc PLD | Δ |",
+        "| q | σ | steps | ledger RDP | dp-acc RDP (same orders) | Δ | ledger RDP (int orders)"
+        " | dp-acc RDP (int orders) | Δ | ledger PRV | dp-acc PLD | Δ |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
