@@ -4,8 +4,8 @@ Local training runs as one compiled ``tf.function`` per call: the loop over the 
 schedule is a graph ``while`` loop, so a round of local steps costs one Python call.
 
 DP-SGD (Abadi et al. 2016) runs in the same kind of loop: per-example gradients come
-from one forward pass and a vectorized Jacobian of the per-example losses
-(``tape.jacobian`` with pfor), each example's gradient is clipped to global L2 norm
+from one batched backward pass (``clients.keras_dp``, the layer-wise trick Opacus uses),
+each example's gradient is clipped to global L2 norm
 ``max_grad_norm``, the clipped gradients are summed, Gaussian noise of std
 ``noise_multiplier * max_grad_norm`` is added (stateless, seeded per step) and the sum is
 divided by the expected batch size. Accounting uses the same Opacus accountant as torch
@@ -23,6 +23,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from clients.keras_dp import clipped_gradient_sum  # noqa: E402
 from clients.trainer import PAD  # noqa: E402
 from sandbox.config import TrainConfig  # noqa: E402
 from sandbox.models import ModelSpec  # noqa: E402
@@ -118,17 +119,7 @@ class KerasTrainer:
         ``mask`` (0/1 per example) drops padding rows. Returns the sums and the mean loss
         of the unmasked examples.
         """
-        variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
-            logits = self.model(xb, training=True)
-            losses = keras.losses.sparse_categorical_crossentropy(yb, logits, from_logits=True)
-        jacobians = tape.jacobian(losses, variables, experimental_use_pfor=True)
-        squared = tf.add_n([
-            tf.reduce_sum(tf.reshape(tf.square(j), (tf.shape(j)[0], -1)), axis=1)
-            for j in jacobians
-        ])
-        factors = mask * tf.minimum(1.0, clip / (tf.sqrt(squared) + 1e-6))
-        sums = [tf.tensordot(factors, j, axes=1) for j in jacobians]
+        losses, sums = clipped_gradient_sum(self.model, xb, yb, mask, clip)
         mean_loss = tf.reduce_sum(losses * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
         return sums, mean_loss
 
@@ -138,13 +129,15 @@ class KerasTrainer:
     ) -> tuple[list[tf.Tensor], tf.Tensor]:
         """DP-SGD gradient: (clipped sum + N(0, noise_std^2)) / expected_batch."""
         sums, mean_loss = self.clipped_gradient_sum(xb, yb, mask, clip)
-        grads = []
-        for k, total in enumerate(sums):
-            noise = tf.random.stateless_normal(
-                tf.shape(total), seed=tf.stack([seed, tf.constant(k, tf.int64)]),
-                stddev=noise_std,
-            )
-            grads.append((total + noise) / expected_batch)
+        sizes = [tf.size(total) for total in sums]
+        noise = tf.random.stateless_normal(
+            tf.reshape(tf.add_n(sizes), (1,)), seed=tf.stack([seed, tf.constant(0, tf.int64)]),
+            stddev=noise_std,
+        )
+        grads = [
+            (total + tf.reshape(part, tf.shape(total))) / expected_batch
+            for total, part in zip(sums, tf.split(noise, sizes), strict=True)
+        ]
         return grads, mean_loss
 
     def _private_steps(self, x, y, schedule, noise_std, clip, expected_batch, seed):

@@ -310,3 +310,39 @@ def test_privacy_config_errors_name_the_key(small, overrides, needle):
     with pytest.raises(sandbox.ConfigError, match=needle.replace("(", r"\(").replace(
             ")", r"\)").replace("+", r"\+")):
         small(**overrides)
+
+
+@pytest.mark.parametrize("arch,shape,kernel", [
+    ("mlp", (12, 1), 3), ("cnn", (8, 8, 1), 3), ("cnn", (8, 8, 2), 4), ("cnn", (20, 1), 4)])
+def test_keras_layerwise_per_example_gradients_are_exact(arch, shape, kernel):
+    """clients.keras_dp's one-pass gradients equal per-example tapes; ghost norms agree."""
+    import tensorflow as tf
+
+    from clients.keras_dp import clipped_gradient_sum, per_example_gradients
+    from clients.keras_trainer import build_model
+    from sandbox.config import ModelConfig
+    from sandbox.models import ModelSpec
+
+    spec = ModelSpec.from_config(ModelConfig(arch=arch, channels=[4, 3], hidden=[8],
+                                             kernel_size=kernel), shape, 5)
+    model = build_model(spec, spec.init_weights(1))
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.random((6, *shape), dtype=np.float32))
+    y = tf.constant(rng.integers(0, 5, 6))
+    losses, grads = per_example_gradients(model, x, y)
+    for i in range(6):
+        with tf.GradientTape() as tape:
+            logits = model(x[i : i + 1])
+            loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y[i : i + 1],
+                                                                  logits=logits)[0]
+        reference = tape.gradient(loss, model.trainable_variables)
+        assert float(losses[i]) == pytest.approx(float(loss), abs=1e-5)
+        for ours, ref in zip(grads, reference, strict=True):
+            np.testing.assert_allclose(ours[i].numpy(), ref.numpy(), atol=1e-5)
+    norms = np.sqrt(sum(np.square(g.numpy()).reshape(6, -1).sum(1) for g in grads))
+    clip = float(np.median(norms))
+    factors = np.minimum(1.0, clip / (norms + 1e-6)).astype(np.float32)
+    _, sums = clipped_gradient_sum(model, x, y, tf.ones(6), tf.constant(clip))
+    for total, g in zip(sums, grads, strict=True):
+        np.testing.assert_allclose(total.numpy(), np.tensordot(factors, g.numpy(), 1),
+                                   rtol=1e-4, atol=1e-5)
