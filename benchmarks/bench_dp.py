@@ -82,8 +82,9 @@ def main() -> None:
             f"`nox -s bench` on {dt.date.today()}, {platform.machine()}, {os.cpu_count()} "
             f"cores. One client's `Trainer.fit` over {args.steps} steps of batch {args.batch}"
             f" (same fixed batches for plain and DP), median of {args.repeats}; DP-SGD with "
-            "σ = 1, clip 1. torch: Opacus GradSampleModule + DPOptimizer; Keras: compiled "
-            "per-example Jacobian, clipping and stateless noise.", "",
+            "σ = 1, clip 1. torch: Opacus GradSampleModule (hooks) + DPOptimizer; Keras: "
+            "compiled step with layer-wise per-example gradients (ghost norms for dense "
+            "layers), clipping and one stateless noise draw.", "",
             "| model | framework | plain ms/step | DP-SGD ms/step | DP / plain | goal |",
             "|---|---|---|---|---|---|",
             *[f"| {r['model']} | {r['framework']} | {r['plain_ms']:.3f} | {r['dp_ms']:.3f} | "
