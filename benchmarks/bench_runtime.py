@@ -70,6 +70,8 @@ class _Final:
     def round_finished(self, server_round, metrics):
         self.accuracy = metrics["accuracy"]
 
+    def strategy_started(self, accounted): ...
+
     def strategy_finished(self, result, *privacy): ...
 
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from sandbox.config import Config
 
 
-def run(config: Config) -> RunResult:
+def run(config: Config, *, callbacks=(), prior_ledger=None) -> RunResult:
     """Run one federated experiment and write its results directory.
 
     Everything that can be wrong with the inputs (config, data files, model/data
@@ -24,6 +24,14 @@ def run(config: Config) -> RunResult:
     ----------
     config : Config
         From :func:`sandbox.load_config`.
+    callbacks : iterable of callables ``(server_round, row) -> None``
+        Called after every round's centralized evaluation with that round's metrics row
+        (``central_accuracy``, ``central_loss``, privacy columns). A callback may raise
+        :class:`sandbox.errors.RunPruned` to stop the run; its directory is then kept as
+        ``<run>.pruned`` with ``metrics.json`` and ``ledger.json`` so far.
+    prior_ledger : PrivacyLedger, optional
+        Privacy already spent on the same data (earlier tuning trials): the run's
+        ``privacy.budget_epsilon`` then bounds the composition of both.
 
     Returns
     -------
@@ -37,7 +45,7 @@ def run(config: Config) -> RunResult:
     from sandbox.runtime import run_federation
 
     run_dir = RunDirectory(config)
-    recorder = RunRecorder(config, run_dir)
+    recorder = RunRecorder(config, run_dir, callbacks, prior_ledger)
     try:
         try:
             run_federation(config, recorder)
@@ -56,6 +64,7 @@ def run(config: Config) -> RunResult:
         return write_run(run_dir, config, data, spec, recorder,
                          time.perf_counter() - started, audits)
     except BaseException as exc:
+        recorder.save_partial()
         failed = run_dir.fail(exc)
         exc.add_note(f"partial results kept in {failed}")
         raise

@@ -24,6 +24,13 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override a key of every run")
     sweep.add_argument("--quiet", action="store_true", help="no per-run progress bars")
+    search = commands.add_parser(
+        "search", help="architecture/hyperparameter search over federated runs (study TOML)")
+    search.add_argument("config", help="study TOML with [study], [experiment], [space]")
+    search.add_argument("--resume", action="store_true",
+                        help="continue the study in its storage (interrupted trials re-run)")
+    search.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="study.KEY=VALUE", help="override a [study] key")
     show = commands.add_parser("show-config", help="print the resolved config as TOML")
     show.add_argument("config")
     show.add_argument("--set", dest="overrides", action="append", default=[],
@@ -37,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "sweep":
         return _sweep(args)
+    if args.command == "search":
+        return _search(args)
     try:
         overrides = list(args.overrides)
         if getattr(args, "quiet", False):
@@ -66,6 +75,25 @@ def _sweep(args) -> int:
         print(f"fedsandbox: error: {exc}", file=sys.stderr)
         return 2
     print(f"sweep results: {path}")
+    return 0
+
+
+def _search(args) -> int:
+    from sandbox.config import parse_overrides
+    from search import run_search
+
+    try:
+        overrides = {}
+        for key, value in parse_overrides(args.overrides):
+            if not key.startswith("study."):
+                raise SandboxError(f"--set {key}: search overrides are [study] keys "
+                                   "(study.n_trials=..., study.sampler=...)")
+            overrides[key.removeprefix("study.")] = value
+        path = run_search(args.config, overrides, resume=args.resume)
+    except SandboxError as exc:
+        print(f"fedsandbox: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"study report: {path}")
     return 0
 
 

@@ -112,7 +112,10 @@ class RunDirectory:
         return self.final_path
 
     def fail(self, exc: BaseException) -> Path:
-        failed = self.final_path.with_name(self.final_path.name + ".failed")
+        from sandbox.errors import RunPruned
+
+        suffix = ".pruned" if isinstance(exc, RunPruned) else ".failed"
+        failed = self.final_path.with_name(self.final_path.name + suffix)
         (self.path / "error.txt").write_text(
             "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         )
@@ -125,8 +128,12 @@ class RunDirectory:
 class RunRecorder:
     """Round observer: timings, progress bar, TensorBoard scalars, per-round rows."""
 
-    def __init__(self, cfg: Config, run_dir: RunDirectory) -> None:
+    def __init__(self, cfg: Config, run_dir: RunDirectory, callbacks=(),
+                 prior_ledger=None) -> None:
         self.cfg = cfg
+        self.prior_ledger = prior_ledger
+        self.run_dir = run_dir
+        self.callbacks = list(callbacks)
         self.rows: dict[int, dict[str, float]] = {}
         self.result = None
         self.accounted = None
@@ -170,6 +177,19 @@ class RunRecorder:
             })
         if self._progress and server_round > 0:
             self._progress.update(self._task, completed=server_round, acc=metrics["accuracy"])
+        for callback in self.callbacks:
+            callback(server_round, dict(self.rows[server_round]))
+
+    def strategy_started(self, accounted) -> None:
+        self.accounted = accounted
+
+    def save_partial(self) -> None:
+        """Metrics and ledger so far, into a run that stops without finishing."""
+        rows = [self.rows[r] for r in sorted(self.rows)]
+        self.run_dir.write_json("metrics.json", rows)
+        if self.accounted is not None:
+            self.accounted.ledger.data_fingerprint = self.cfg.data_fingerprint()
+            self.accounted.ledger.save(self.run_dir.path / "ledger.json")
 
     def strategy_finished(self, result, accounted=None, stopped=None) -> None:
         self.result = result

@@ -1,1 +1,42 @@
-"""Federated architecture and hyperparameter search (Optuna, KerasTuner): not built yet."""
+"""Federated architecture and hyperparameter search: Optuna or KerasTuner over whole runs.
+
+    fedsandbox search configs/search_digits.toml [--resume] [--set study.n_trials=40]
+
+>>> from search import run_search               # doctest: +SKIP
+>>> study_dir = run_search("configs/search_digits.toml")
+
+The search space is framework-free (:mod:`search.space`); each trial is one federated
+experiment (:mod:`search.objective`); reports are the same for both backends
+(:mod:`search.report`). Importing this package imports no Optuna or KerasTuner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def run_search(path: str | Path, overrides: dict[str, Any] | None = None, *,
+               resume: bool = False) -> Path:
+    """Run (or ``resume``) the study in ``path``; return its report directory."""
+    from search.config import Study
+    from search.report import write_report
+
+    study = Study(path, overrides)
+    if study.settings.backend == "kerastuner":
+        from search.optuna_backend import open_study
+
+        study.directory.mkdir(parents=True, exist_ok=True)
+        optuna_study = open_study(study, create=not resume)
+        from search.kerastuner_backend import run_kerastuner
+
+        run_kerastuner(study, optuna_study, resume=resume)
+        return write_report(study, optuna_study, stop_reason="oracle finished")
+    from search.optuna_backend import run_optuna
+
+    optuna_study = run_optuna(study, resume=resume, study_path=Path(path),
+                              overrides=overrides or {})
+    return write_report(study, optuna_study)
+
+
+__all__ = ["run_search"]

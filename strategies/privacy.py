@@ -83,16 +83,22 @@ class AccountedStrategy(Strategy):
         The run's config (privacy section, client count).
     sample_plans : dict of int to SampleDPPlan
         Each client's DP-SGD mechanism per round (empty without sample-level DP).
+    prior : PrivacyLedger, optional
+        Mechanisms already spent on the same data; the budget check composes them in.
     """
 
     def __init__(self, strategy: Strategy, cfg: Config,
-                 sample_plans: dict[int, SampleDPPlan], *, source: str = "") -> None:
+                 sample_plans: dict[int, SampleDPPlan], *, source: str = "",
+                 prior: PrivacyLedger | None = None) -> None:
         super().__init__()
         self.strategy = strategy
         self.cfg = cfg
         self.sample_plans = sample_plans
         self.source = source
         self.ledger = PrivacyLedger(delta=cfg.privacy.delta)
+        # Mechanisms spent earlier on the same data (e.g. previous tuning trials): the
+        # budget covers them too.
+        self.prior = list(prior.mechanisms) if prior is not None else []
         self.result = Result()
         self.client_reported: dict[int, float] = {}
         self._node_partition: dict[int, int] = {}
@@ -130,7 +136,7 @@ class AccountedStrategy(Strategy):
             return
         for mechanism in self._planned(server_round, node_ids):
             projected = self.ledger.epsilon(mechanism.scope, self.cfg.privacy.accountant,
-                                            extra=[mechanism])
+                                            extra=[*self.prior, mechanism])
             if projected > budget:
                 raise BudgetExhausted(server_round, mechanism.scope, projected, budget)
 

@@ -137,10 +137,15 @@ class PrivacyLedger:
         return cls.from_json(json.loads(Path(path).read_text()))
 
     @classmethod
-    def compose(cls, ledgers: Iterable[PrivacyLedger], *, delta: float | None = None
-                ) -> PrivacyLedger:
-        """One ledger over runs/trials on the same data (same ``data_fingerprint``)."""
+    def compose(cls, ledgers: Iterable[PrivacyLedger], *, delta: float | None = None,
+                sources: Iterable[str] | None = None) -> PrivacyLedger:
+        """One ledger over runs/trials on the same data (same ``data_fingerprint``).
+
+        ``sources`` names each ledger's mechanisms (default: their own source, else
+        ``part-<i>``); the naive per-source sum in :meth:`report` uses these names.
+        """
         ledgers = list(ledgers)
+        names = list(sources) if sources is not None else [None] * len(ledgers)
         if not ledgers:
             raise ValueError("compose needs at least one ledger")
         prints = {led.data_fingerprint for led in ledgers}
@@ -151,9 +156,10 @@ class PrivacyLedger:
             )
         merged = cls(delta=delta if delta is not None else max(led.delta for led in ledgers),
                      data_fingerprint=prints.pop())
-        for index, led in enumerate(ledgers):
+        for index, (led, name) in enumerate(zip(ledgers, names, strict=True)):
             for m in led.mechanisms:
-                merged.add(Mechanism(**{**asdict(m), "source": m.source or f"part-{index}"}))
+                source = name or m.source or f"part-{index}"
+                merged.add(Mechanism(**{**asdict(m), "source": source}))
         return merged
 
 

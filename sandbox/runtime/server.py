@@ -33,6 +33,8 @@ class RoundObserver(Protocol):
 
     def round_finished(self, server_round: int, metrics: dict[str, float]) -> None: ...
 
+    def strategy_started(self, accounted: AccountedStrategy) -> None: ...
+
     def strategy_finished(self, result: Result, accounted: AccountedStrategy,
                           stopped: BudgetExhausted | None) -> None: ...
 
@@ -48,7 +50,7 @@ def make_server_app(cfg: Config, observer: RoundObserver) -> ServerApp:
     return app
 
 
-def build_accounted_strategy(cfg: Config, *, source: str = "") -> AccountedStrategy:
+def build_accounted_strategy(cfg: Config, *, source: str = "", prior=None) -> AccountedStrategy:
     """Registry strategy, optional client-level DP wrapper, ledger/budget wrapper."""
     data = load_experiment_data(cfg)
     client_dp = cfg.privacy.client.mode != "off"
@@ -58,7 +60,7 @@ def build_accounted_strategy(cfg: Config, *, source: str = "") -> AccountedStrat
     plans = {}
     if cfg.privacy.sample.enabled:
         plans = {pid: sample_dp_plan(cfg, len(c.y_train)) for pid, c in enumerate(data.clients)}
-    return AccountedStrategy(strategy, cfg, plans, source=source)
+    return AccountedStrategy(strategy, cfg, plans, source=source, prior=prior)
 
 
 def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver) -> Result:
@@ -66,7 +68,7 @@ def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver) -> Result:
     np.random.seed(cfg.seed)  # and its DP wrappers draw noise from numpy's global state
     data = load_experiment_data(cfg)
     spec = model_spec_for(cfg)
-    accounted = build_accounted_strategy(cfg)
+    accounted = build_accounted_strategy(cfg, prior=getattr(observer, "prior_ledger", None))
     evaluator = get_trainer(cfg.framework, spec, cfg.train)
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -78,6 +80,7 @@ def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver) -> Result:
 
     initial = to_record(spec.init_weights(cfg.seed))
     accounted.result.arrays = initial
+    observer.strategy_started(accounted)
     stopped = None
     try:
         accounted.start(
