@@ -45,7 +45,8 @@ class StudyConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
         if not self.objectives or len(set(self.objectives)) != len(self.objectives):
-            raise ValueError(f"study.objectives must list distinct objectives, got {self.objectives}")
+            raise ValueError(
+                f"study.objectives must list distinct objectives, got {self.objectives}")
         if self.objectives[0] != "accuracy":
             raise ValueError("study.objectives must start with 'accuracy' (the pruned metric)")
         multi = len(self.objectives) > 1

@@ -67,8 +67,9 @@ def make_sampler(study: Study, constraints_func=None):
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints_func,
                                          deterministic_objective=True)
+    population = max(4, min(20, study.settings.n_trials // 3))
     return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints_func,
-                                         population_size=max(4, min(20, study.settings.n_trials // 3)))
+                                         population_size=population)
 
 
 def make_pruner(study: Study):
@@ -81,9 +82,30 @@ def make_pruner(study: Study):
     if name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=rounds,
-                                              reduction_factor=study.settings.hyperband_factor)
+        return _slot_hyperband(optuna)(min_resource=1, max_resource=rounds,
+                                       reduction_factor=study.settings.hyperband_factor)
     return optuna.pruners.NopPruner()
+
+
+def _slot_hyperband(optuna):
+    """Hyperband whose bracket follows the trial's slot, not its number.
+
+    Optuna picks a trial's bracket from a hash of (study name, trial number). A trial
+    re-run after an interruption gets a new number; keyed on its *slot* (the number of
+    finished trials when it was asked) it lands in the same bracket as in an uninterrupted
+    study, which keeps pruning decisions, and so the study, identical under resume.
+    """
+    import copy
+
+    class SlotHyperbandPruner(optuna.pruners.HyperbandPruner):
+        def _get_bracket_id(self, study, trial):
+            slot = trial.user_attrs.get("slot")
+            if slot is not None and slot != trial.number:
+                trial = copy.copy(trial)
+                trial.number = int(slot)
+            return super()._get_bracket_id(study, trial)
+
+    return SlotHyperbandPruner
 
 
 def epsilon_constraint(study: Study):
@@ -233,10 +255,10 @@ class OptunaSearch:
                 if self._should_stop():
                     return
                 self._started += 1
-                number_seed = self.study.settings.seed * 100_003 + len(
-                    finished_trials(self.optuna_study))
-                _reseed(self.optuna_study.sampler, number_seed)
+                slot = len(finished_trials(self.optuna_study))
+                _reseed(self.optuna_study.sampler, self.study.settings.seed * 100_003 + slot)
                 trial = self.optuna_study.ask()
+                trial.set_user_attr("slot", slot)
             self._run_one(trial)
 
     def _run_one(self, trial: optuna.Trial) -> None:
