@@ -104,5 +104,5 @@ def run_kerastuner(study: Study, optuna_study: optuna.Study, *, resume: bool) ->
     tuner = FederatedTuner(oracle, study, optuna_study,
                            directory=str(study.directory), project_name="kerastuner",
                            overwrite=not resume)
-    tuner.search()
+    tuner.search(verbose=0)
     return tuner

@@ -53,23 +53,21 @@ def make_storage(study: Study):
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
-def make_sampler(study: Study, constraints_func=None):
+def make_sampler(study: Study):
     import optuna
 
     seed = study.settings.seed
     name = study.settings.sampler
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints_func)
+        return optuna.samplers.TPESampler(seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints_func,
-                                         deterministic_objective=True)
+        return optuna.samplers.GPSampler(seed=seed, deterministic_objective=True)
     population = max(4, min(20, study.settings.n_trials // 3))
-    return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints_func,
-                                         population_size=population)
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
 
 
 def make_pruner(study: Study):
@@ -108,25 +106,13 @@ def _slot_hyperband(optuna):
     return SlotHyperbandPruner
 
 
-def epsilon_constraint(study: Study):
-    limit = study.settings.epsilon_max
-    if not limit:
-        return None
-
-    def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-        return [trial.user_attrs.get("epsilon", math.inf) - limit]
-
-    return constraints
-
-
 def open_study(study: Study, *, create: bool) -> optuna.Study:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(study)
-    constraints = epsilon_constraint(study)
     kwargs = {"study_name": study.settings.name, "storage": storage,
-              "sampler": make_sampler(study, constraints), "pruner": make_pruner(study)}
+              "sampler": make_sampler(study), "pruner": make_pruner(study)}
     if create:
         try:
             created = optuna.create_study(directions=study.settings.directions, **kwargs)
@@ -174,6 +160,13 @@ def finished_trials(optuna_study: optuna.Study) -> list:
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     return [t for t in optuna_study.get_trials(deepcopy=False, states=done)
             if t.user_attrs.get("fail_reason") != INTERRUPTED]
+
+
+def _slot_seed(seed: int, slot: int) -> int:
+    """A well-mixed seed for the sampler at a given slot (consecutive seeds correlate)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, slot]).generate_state(1)[0])
 
 
 def _reseed(sampler, seed: int) -> None:
@@ -256,7 +249,7 @@ class OptunaSearch:
                     return
                 self._started += 1
                 slot = len(finished_trials(self.optuna_study))
-                _reseed(self.optuna_study.sampler, self.study.settings.seed * 100_003 + slot)
+                _reseed(self.optuna_study.sampler, _slot_seed(self.study.settings.seed, slot))
                 trial = self.optuna_study.ask()
                 trial.set_user_attr("slot", slot)
             self._run_one(trial)
@@ -281,6 +274,8 @@ class OptunaSearch:
             trial.set_user_attr(key, getattr(outcome, key))
         if math.isfinite(outcome.epsilon):
             trial.set_user_attr("epsilon", outcome.epsilon)
+        if settings.epsilon_max:  # feasible iff ε <= epsilon_max (TPE, GP, NSGA-II use it)
+            trial.set_constraint("epsilon", min(outcome.epsilon, 1e12) - settings.epsilon_max)
         if "budget" in outcome.reason and "stopped after" in outcome.reason:
             trial.set_user_attr("budget_stop", True)
         if outcome.status == "failed":

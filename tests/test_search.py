@@ -1,0 +1,335 @@
+"""Search: space translations, Optuna studies (pruning, failures, resume, workers), KerasTuner."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sandbox import ConfigError
+from search.space import SearchSpace
+from tests.conftest import ROOT
+
+SPACE = {
+    "depth": {"type": "int", "low": 1, "high": 3, "key": "model.hidden#len"},
+    "width_0": {"type": "int", "low": 8, "high": 64, "log": True, "key": "model.hidden[0]"},
+    "width_1": {"type": "int", "low": 8, "high": 64, "step": 8, "key": "model.hidden[1]",
+                "when": {"depth": [2, 3]}},
+    "optimizer": {"type": "categorical", "choices": ["sgd", "adam"], "key": "train.optimizer"},
+    "momentum": {"type": "float", "low": 0.0, "high": 0.9, "key": "train.momentum",
+                 "when": {"optimizer": ["sgd"]}},
+    "lr": {"type": "float", "low": 1e-3, "high": 0.5, "log": True, "key": "train.lr"},
+}
+
+STUDY = """
+[study]
+name = "{name}"
+experiment = "{root}/configs/quickstart.toml"
+output_dir = "{out}"
+n_trials = {n_trials}
+seed = 3
+sampler = "{sampler}"
+pruner = "{pruner}"
+{extra_study}
+
+[experiment]
+rounds = {rounds}
+data.num_clients = 4
+train.batch_size = 32
+model.arch = "mlp"
+model.hidden = [16]
+train.momentum = 0.0
+train.local_epochs = 1
+output.plot = false
+{extra_experiment}
+
+[space.lr]
+type = "float"
+low = 0.01
+high = 0.5
+log = true
+key = "train.lr"
+
+[space.width]
+type = "int"
+low = 8
+high = 64
+log = true
+key = "model.hidden[0]"
+{extra_space}
+"""
+
+
+def write_study(tmp_path: Path, *, name="s", n_trials=4, sampler="tpe", pruner="none",
+                rounds=3, extra_study="", extra_experiment="", extra_space="") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(STUDY.format(name=name, root=ROOT, out=tmp_path / "out", n_trials=n_trials,
+                                 sampler=sampler, pruner=pruner, rounds=rounds,
+                                 extra_study=extra_study, extra_experiment=extra_experiment,
+                                 extra_space=extra_space))
+    return path
+
+
+def read_trials(study_dir: Path) -> list[dict]:
+    return list(csv.DictReader((study_dir / "trials.csv").open()))
+
+
+# -- space ----------------------------------------------------------------------------------
+def test_optuna_and_kerastuner_translations_give_the_same_space():
+    import keras_tuner
+    import optuna
+
+    space = SearchSpace.from_dict(SPACE)
+    hp = keras_tuner.HyperParameters()
+    space.declare_keras_tuner(hp)
+    kt = {h.name: h for h in hp.space}
+    distributions = space.optuna_distributions()
+    assert set(kt) == set(distributions) == set(SPACE)
+    for name, dist in distributions.items():
+        h = kt[name]
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            assert list(h.values) == list(dist.choices)
+            continue
+        assert (h.min_value, h.max_value) == (dist.low, dist.high)
+        assert (h.sampling == "log") == dist.log
+        assert (h.step or 1 if isinstance(h, keras_tuner.engine.hyperparameters.Int)
+                else h.step) == dist.step
+        parents = {c.name: list(c.values) for c in h.conditions}
+        assert parents == {k: list(v) for k, v in space.by_name[name].when.items()}
+    # Same active set for the same parent values in both translations.
+    for depth, optimizer in [(1, "adam"), (2, "sgd"), (3, "adam")]:
+        fixed = {"depth": depth, "width_0": 16, "width_1": 16, "optimizer": optimizer,
+                 "momentum": 0.5, "lr": 0.1}
+        values = space.suggest_optuna(optuna.trial.FixedTrial(fixed))
+        hp.values.update({"depth": depth, "optimizer": optimizer})
+        kt_active = {n for n in SPACE if hp.is_active(n)}
+        assert set(values) == kt_active
+
+
+def test_space_applies_list_lengths_and_elements():
+    space = SearchSpace.from_dict(SPACE)
+    raw = {"model": {"hidden": [64]}, "train": {}}
+    out = space.apply(raw, {"depth": 2, "width_0": 10, "width_1": 24})
+    assert out["model"]["hidden"] == [10, 24] and raw["model"]["hidden"] == [64]
+    assert space.apply(raw, {"depth": 1, "width_0": 10})["model"]["hidden"] == [10]
+
+
+@pytest.mark.parametrize("entry,needle", [
+    ({"type": "float", "low": 1, "high": 0}, "need numeric low < high"),
+    ({"type": "float", "low": 0, "high": 1, "log": True}, "log = true needs low > 0"),
+    ({"type": "int", "low": 1, "high": 4, "when": {"nope": [1]}}, "'nope' is not a parameter"),
+    ({"type": "categorical", "choices": []}, "choices must be a non-empty list"),
+    ({"type": "uniform", "low": 0, "high": 1}, "allowed: int, float, categorical"),
+    ({"type": "int", "low": 1, "high": 4, "scale": 2}, "unknown field"),
+])
+def test_space_errors_name_the_parameter(entry, needle):
+    with pytest.raises(ConfigError, match=needle):
+        SearchSpace.from_dict({"p": entry})
+
+
+def test_study_file_errors(tmp_path):
+    from search.config import Study
+
+    path = write_study(tmp_path, extra_study='objectives = ["accuracy", "epsilon"]\n'
+                       'pruner_x = 1')
+    with pytest.raises(ConfigError, match="pruner_x"):
+        Study(path)
+    path = write_study(tmp_path, pruner="median",
+                       extra_study='objectives = ["accuracy", "client_compute"]')
+    with pytest.raises(ConfigError, match="pruner must be 'none' for multi-objective"):
+        Study(path)
+
+
+# -- Optuna ---------------------------------------------------------------------------------
+def test_optuna_study_prunes_by_round_and_writes_a_report(tmp_path):
+    from search import run_search
+
+    path = write_study(tmp_path, n_trials=8, pruner="median", rounds=6, sampler="random")
+    out = run_search(path)
+    trials = read_trials(out)
+    assert len(trials) == 8
+    states = {t["state"] for t in trials}
+    assert "PRUNED" in states and "COMPLETE" in states
+    for t in trials:
+        if t["state"] == "PRUNED":
+            assert int(t["rounds_completed"]) < 6
+            assert Path(t["run_dir"]).name.endswith(".pruned")
+    for name in ("best_config.toml", "best_model/weights.npz", "history.png", "summary.json",
+                 "study.db"):
+        assert (out / name).is_file(), name
+    import sandbox
+
+    best = sandbox.load_config(out / "best_config.toml")  # re-runnable plain config
+    summary = json.loads((out / "summary.json").read_text())
+    assert best.train.lr == pytest.approx(summary["best"]["params"]["lr"])
+
+
+def test_failing_trials_are_recorded_with_reason_and_the_study_goes_on(tmp_path):
+    from search import run_search
+
+    x = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 3, 200)
+    np.savez(tmp_path / "clean.npz", x=x, y=y)
+    x[5, 2] = np.nan  # poisons every model that trains on it
+    np.savez(tmp_path / "nan.npz", x=x, y=y)
+    extra_space = ('[space.file]\ntype = "categorical"\n'
+                   f'choices = ["{tmp_path / "clean.npz"}", "{tmp_path / "nan.npz"}"]\n'
+                   'key = "data.path"\n'
+                   '[space.batch]\ntype = "categorical"\nchoices = [16, 0]\n'
+                   'key = "train.batch_size"\n')
+    path = write_study(tmp_path, n_trials=12, sampler="random",
+                       extra_experiment='data.dataset = "npz"\ndata.partitioner = "iid"\n'
+                       f'data.path = "{tmp_path / "clean.npz"}"',
+                       extra_space=extra_space)
+    out = run_search(path)
+    trials = read_trials(out)
+    assert len(trials) == 12
+    reasons = [t["fail_reason"] for t in trials if t["state"] == "FAIL"]
+    assert any("train.batch_size" in r for r in reasons)  # bad config, named key
+    assert any("non-finite centralized loss" in r for r in reasons)  # NaN loss
+    assert any(t["state"] == "COMPLETE" for t in trials)
+
+
+def _search_cmd(path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "sandbox", "search", str(path), *extra]
+
+
+def test_sigkill_and_resume_loses_no_trial_and_matches_uninterrupted(tmp_path):
+    import optuna
+
+    reference = write_study(tmp_path / "a", name="same", n_trials=12, pruner="hyperband",
+                            rounds=4) if (tmp_path / "a").mkdir() is None else None
+    killed = write_study(tmp_path / "b", name="same", n_trials=12, pruner="hyperband",
+                         rounds=4) if (tmp_path / "b").mkdir() is None else None
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    subprocess.run(_search_cmd(reference), check=True, env=env, capture_output=True, cwd=ROOT)
+    log = tmp_path / "killed.log"
+    with log.open("w") as handle:
+        proc = subprocess.Popen(_search_cmd(killed), stdout=handle, stderr=subprocess.STDOUT,
+                                env=env, cwd=ROOT)
+        deadline = time.time() + 300
+        while log.read_text().count("\ntrial ") + log.read_text().startswith("trial ") < 4:
+            assert time.time() < deadline and proc.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.1)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    url = f"sqlite:///{tmp_path / 'b' / 'out' / 'same' / 'study.db'}"
+    before = optuna.load_study(study_name="same", storage=url).get_trials()
+    finished_before = {t.number: t.params for t in before if t.state.is_finished()}
+    resumed = subprocess.run(_search_cmd(killed, "--resume"), env=env, capture_output=True,
+                             text=True, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = optuna.load_study(study_name="same", storage=url).get_trials()
+    for number, params in finished_before.items():  # nothing finished was lost
+        assert after[number].params == params and after[number].state.is_finished()
+    assert not [t for t in after if t.state.name == "RUNNING"]
+    counted = [t for t in after if t.user_attrs.get("fail_reason") != "interrupted"]
+    assert len(counted) == 12
+    ref = json.loads((tmp_path / "a" / "out" / "same" / "summary.json").read_text())
+    res = json.loads((tmp_path / "b" / "out" / "same" / "summary.json").read_text())
+    assert res["best"]["values"] == ref["best"]["values"]
+    assert res["best"]["params"] == ref["best"]["params"]
+
+
+@pytest.mark.parametrize("storage", ["", "journal"])
+def test_two_worker_processes_share_one_storage(tmp_path, storage):
+    import optuna
+
+    from search import run_search
+    from search.config import Study
+    from search.optuna_backend import make_storage
+
+    path = write_study(tmp_path, n_trials=20, sampler="random", rounds=2,
+                       extra_study=f'workers = 2\nstorage = "{storage}"')
+    out = run_search(path)
+    study = optuna.load_study(study_name="s", storage=make_storage(Study(path)))
+    trials = study.get_trials()
+    assert len(trials) == 20 and sorted(t.number for t in trials) == list(range(20))
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    run_dirs = [t.user_attrs["run_dir"] for t in trials]
+    assert len(set(run_dirs)) == 20 and all(Path(d).is_dir() for d in run_dirs)
+    assert len(read_trials(out)) == 20
+
+
+def test_pareto_study_with_epsilon_constraint_and_privacy_cost(tmp_path):
+    from search import run_search
+
+    path = write_study(
+        tmp_path, n_trials=6, sampler="nsga2", rounds=2,
+        extra_study='objectives = ["accuracy", "epsilon", "client_compute"]\n'
+                    'epsilon_max = 30.0\ntrial_distribution = "poisson"',
+        extra_experiment="privacy.sample.enabled = true",
+        extra_space='[space.noise]\ntype = "float"\nlow = 0.6\nhigh = 3.0\n'
+                    'key = "privacy.sample.noise_multiplier"')
+    out = run_search(path)
+    assert (out / "pareto.png").is_file()
+    privacy = json.loads((out / "privacy.json").read_text())
+    trials = read_trials(out)
+    assert privacy["dp"] and privacy["trials_with_dp"] == len(trials)
+    assert privacy["random_stopping"]["n_trials_drawn"] == len(trials)  # K ~ Poisson(6)
+    assert privacy["epsilon_composed"] < privacy["epsilon_naive_sum"]
+    assert privacy["random_stopping"]["applies"]
+    assert privacy["random_stopping"]["epsilon"] >= privacy["random_stopping"][
+        "epsilon_single_trial"]
+    assert all(float(t["epsilon"]) > 0 for t in trials if t["state"] == "COMPLETE")
+
+
+def test_study_privacy_budget_stops_the_search(tmp_path):
+    from search import run_search
+
+    path = write_study(tmp_path, n_trials=10, sampler="random", rounds=3,
+                       extra_study="privacy_budget = 15.0",
+                       extra_experiment="privacy.sample.enabled = true")
+    out = run_search(path)
+    summary = json.loads((out / "summary.json").read_text())
+    assert "privacy budget" in summary["stop_reason"] or sum(summary["states"].values()) < 10
+    privacy = json.loads((out / "privacy.json").read_text())
+    assert privacy["epsilon_composed"] <= 15.0
+
+
+def test_optuna_dashboard_reads_our_storage(tmp_path):
+    from optuna_dashboard import wsgi
+
+    from search import run_search
+
+    out = run_search(write_study(tmp_path, n_trials=2, sampler="random", rounds=2))
+    from wsgiref.util import setup_testing_defaults
+
+    app = wsgi(f"sqlite:///{out / 'study.db'}")
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/api/studies"}
+    setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda s, h, exc_info=None: status.append(s)))
+    assert status[0].startswith("200"), body[:2000]
+    assert json.loads(body)["study_summaries"][0]["study_name"] == "s"
+
+
+# -- KerasTuner ---------------------------------------------------------------------------
+@pytest.mark.parametrize("oracle", ["random", "hyperband"])
+def test_kerastuner_backend_runs_federated_trials(tmp_path, oracle):
+    import optuna
+
+    from search import run_search
+
+    path = write_study(tmp_path, n_trials=3, rounds=3,
+                       extra_study=f'backend = "kerastuner"\noracle = "{oracle}"\n'
+                                   "max_rounds = 3")
+    out = run_search(path)
+    trials = read_trials(out)
+    assert trials and all(t["state"] == "COMPLETE" for t in trials)
+    if oracle == "hyperband":  # Hyperband's epochs are federated rounds
+        assert {int(t["rounds_completed"]) for t in trials} == {1, 3}
+    else:
+        assert len(trials) == 3
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == len(trials)
+    assert (out / "best_config.toml").is_file()
