@@ -95,6 +95,12 @@ def dp_sweep(session: nox.Session) -> None:
 
 
 @nox.session
+def study(session: nox.Session) -> None:
+    """Federated HPO baselines at one client-round budget: random vs TPE+Hyperband vs KT."""
+    _run(session, "python", "benchmarks/study_comparison.py", *session.posargs)
+
+
+@nox.session
 def crosscheck(session: nox.Session) -> None:
     """Ledger accountants vs Google's dp-accounting on the acceptance grid (~1 min)."""
     _run(session, "python", "-m", "sandbox.privacy.crosscheck",

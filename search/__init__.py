@@ -30,13 +30,14 @@ def run_search(path: str | Path, overrides: dict[str, Any] | None = None, *,
         optuna_study = open_study(study, create=not resume)
         from search.kerastuner_backend import run_kerastuner
 
-        run_kerastuner(study, optuna_study, resume=resume)
-        return write_report(study, optuna_study, stop_reason="oracle finished")
+        tuner = run_kerastuner(study, optuna_study, resume=resume)
+        return write_report(study, optuna_study,
+                            stop_reason=getattr(tuner, "stop_reason", "oracle finished"))
     from search.optuna_backend import run_optuna
 
-    optuna_study = run_optuna(study, resume=resume, study_path=Path(path),
-                              overrides=overrides or {})
-    return write_report(study, optuna_study)
+    optuna_study, stop_reason = run_optuna(study, resume=resume, study_path=Path(path),
+                                           overrides=overrides or {})
+    return write_report(study, optuna_study, stop_reason=stop_reason)
 
 
 __all__ = ["run_search"]

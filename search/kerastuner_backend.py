@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from search.config import Study
 
 
+class BudgetSpent(keras_tuner.errors.FatalError):
+    """The study's client-round budget is used up: stop the search."""
+
+
 class FederatedTuner(keras_tuner.Tuner):
     """Tuner whose ``run_trial`` runs one federated experiment."""
 
@@ -36,6 +40,10 @@ class FederatedTuner(keras_tuner.Tuner):
         self.optuna_study = optuna_study
 
     def run_trial(self, trial, *args, **kwargs):
+        budget = self.study.settings.client_round_budget
+        if budget and sum(t.user_attrs.get("client_rounds", 0)
+                          for t in self.optuna_study.get_trials(deepcopy=False)) >= budget:
+            raise BudgetSpent(f"client-round budget {budget} spent")
         values = self.study.space.values_from_keras_tuner(trial.hyperparameters)
         rounds = trial.hyperparameters.values.get("tuner/epochs")
         try:
@@ -57,8 +65,9 @@ class FederatedTuner(keras_tuner.Tuner):
         from optuna.trial import TrialState
 
         distributions = self.study.space.optuna_distributions()
-        attrs = {k: getattr(outcome, k) for k in ("accuracy", "client_compute", "client_rounds",
-                                                  "rounds_completed", "run_dir", "reason")}
+        attrs = {k: getattr(outcome, k) for k in (
+            "accuracy", "client_compute", "client_rounds", "rounds_completed", "run_dir",
+            "reason", "accuracy_per_round")}
         attrs |= {"kerastuner_trial": trial_id, "tuner_epochs": rounds}
         if outcome.status == "failed":
             attrs["fail_reason"] = outcome.reason
@@ -90,9 +99,11 @@ def make_oracle(study: Study):
         return keras_tuner.oracles.BayesianOptimizationOracle(
             objective=objective, max_trials=settings.n_trials, seed=settings.seed,
             max_consecutive_failed_trials=settings.n_trials)
+    # With a client-round budget, Hyperband iterations repeat until the budget is spent.
+    iterations = 100 if settings.client_round_budget else 1
     return keras_tuner.oracles.HyperbandOracle(
         objective=objective, max_epochs=settings.max_rounds or study.base.rounds,
-        factor=settings.hyperband_factor, seed=settings.seed,
+        factor=settings.hyperband_factor, seed=settings.seed, hyperband_iterations=iterations,
         max_consecutive_failed_trials=settings.n_trials)
 
 
@@ -104,5 +115,8 @@ def run_kerastuner(study: Study, optuna_study: optuna.Study, *, resume: bool) ->
     tuner = FederatedTuner(oracle, study, optuna_study,
                            directory=str(study.directory), project_name="kerastuner",
                            overwrite=not resume)
-    tuner.search(verbose=0)
+    try:
+        tuner.search(verbose=0)
+    except BudgetSpent as exc:
+        tuner.stop_reason = str(exc)
     return tuner

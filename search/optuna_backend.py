@@ -270,7 +270,7 @@ class OptunaSearch:
         else:
             outcome = run_trial(cfg, report=self._reporter(trial), prior_ledger=prior)
         for key in ("accuracy", "client_compute", "client_rounds", "rounds_completed",
-                    "run_dir", "reason"):
+                    "run_dir", "reason", "accuracy_per_round"):
             trial.set_user_attr(key, getattr(outcome, key))
         if math.isfinite(outcome.epsilon):
             trial.set_user_attr("epsilon", outcome.epsilon)
@@ -320,7 +320,7 @@ def run_worker(study_path: str, overrides: dict[str, Any], quota: int | None) ->
 
 
 def run_optuna(study: Study, *, resume: bool, study_path: Path,
-               overrides: dict[str, Any]) -> optuna.Study:
+               overrides: dict[str, Any]) -> tuple[optuna.Study, str]:
     """Create or resume the study and run it with ``study.workers`` processes."""
     import multiprocessing
 
@@ -333,18 +333,20 @@ def run_optuna(study: Study, *, resume: bool, study_path: Path,
     workers = study.settings.workers
     remaining = max(target_trials(study, optuna_study) - len(finished_trials(optuna_study)), 0)
     if workers == 1:
-        OptunaSearch(study, optuna_study).run()
-        return optuna_study
+        search = OptunaSearch(study, optuna_study)
+        search.run()
+        return optuna_study, search.stop_reason
     shares = [remaining // workers + (i < remaining % workers) for i in range(workers)]
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=run_worker, args=(str(study_path), overrides, share))
                  for share in shares[1:]]
     for process in processes:
         process.start()
-    OptunaSearch(study, optuna_study, quota=shares[0]).run()
+    search = OptunaSearch(study, optuna_study, quota=shares[0])
+    search.run()
     for process in processes:
         process.join()
     failed = [p.exitcode for p in processes if p.exitcode]
     if failed:
         raise RuntimeError(f"{len(failed)} worker process(es) failed (exit codes {failed})")
-    return optuna_study
+    return optuna_study, search.stop_reason
