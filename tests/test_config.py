@@ -125,7 +125,16 @@ def test_every_shipped_config_validates_and_builds(path):
     from sandbox.data import load_federated_data
     from sandbox.models import ModelSpec
 
-    if "[sweep]" in path.read_text():
+    text = path.read_text()
+    if "[study]" in text:
+        import optuna
+
+        from search.config import Study
+
+        study = Study(path)
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+        configs = [study.base, study.trial_config(study.space.suggest_optuna(trial))]
+    elif "[sweep]" in text:
         from sandbox.sweep import load_sweep
 
         configs = [cfg for _, cfg in load_sweep(path)[1]]
