@@ -2,7 +2,9 @@
 
 A run writes into ``<output.dir>/.<run>.partial`` and is renamed to ``<output.dir>/<run>``
 only when every file is in place; a run that raises is renamed ``<run>.failed`` with the
-error in ``error.txt``. Layout of a finished run::
+error in ``error.txt``; a run stopped on purpose by a round callback (a pruned tuning
+trial) becomes ``<run>.pruned`` with ``stopped.txt``. Both keep ``metrics.json`` and
+``ledger.json`` (privacy spent so far). Layout of a finished run::
 
     config.toml            resolved config (re-runnable with `fedsandbox run`)
     run.json               name, config hash, seed, versions, wall time, final metrics
@@ -114,11 +116,15 @@ class RunDirectory:
     def fail(self, exc: BaseException) -> Path:
         from sandbox.errors import RunPruned
 
-        suffix = ".pruned" if isinstance(exc, RunPruned) else ".failed"
+        pruned = isinstance(exc, RunPruned)
+        suffix = ".pruned" if pruned else ".failed"
         failed = self.final_path.with_name(self.final_path.name + suffix)
-        (self.path / "error.txt").write_text(
-            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        )
+        if pruned:  # stopped on purpose: the reason, not a traceback
+            (self.path / "stopped.txt").write_text(f"{exc}\n")
+        else:
+            (self.path / "error.txt").write_text(
+                "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            )
         if failed.exists():
             shutil.rmtree(failed)
         self.path.rename(failed)
