@@ -321,7 +321,7 @@ def validate_config(raw: dict[str, Any], *, source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe_error(err) for err in exc.errors()]
+        lines = [describe_error(err) for err in exc.errors()]
         raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from None
 
 
@@ -358,7 +358,7 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _describe_error(err: dict[str, Any]) -> str:
+def describe_error(err: dict[str, Any]) -> str:
     loc = ".".join(str(part) for part in err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":

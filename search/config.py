@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sandbox.config import Config, _describe_error, load_config, validate_config
+from sandbox.config import Config, describe_error, load_config, validate_config
 from sandbox.errors import ConfigError
 from search.space import SearchSpace
 
@@ -85,7 +85,7 @@ class Study:
         try:
             self.settings = StudyConfig.model_validate(settings)
         except ValidationError as exc:
-            lines = [_describe_error(e).replace("  ", "  study.", 1) for e in exc.errors()]
+            lines = [describe_error(e).replace("  ", "  study.", 1) for e in exc.errors()]
             raise ConfigError(f"{self.path}: invalid [study]\n" + "\n".join(lines)) from None
         base = load_config(self._resolve(self.settings.experiment)
                            if self.settings.experiment else None)
