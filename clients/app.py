@@ -87,7 +87,9 @@ def make_client_app(cfg: Config) -> ClientApp:
             metrics["dp_noise_multiplier"] = plan.noise_multiplier
         else:
             schedule = batch_schedule(n, cfg.train, rng)
-            loss = trainer.fit(data.x_train, data.y_train, schedule, seed=framework_seed)
+            mu = float(msg.content["config"].get("proximal-mu", 0.0))  # sent by FedProx
+            loss = trainer.fit(data.x_train, data.y_train, schedule, seed=framework_seed,
+                               proximal_mu=mu)
         _record_progress(context, steps=len(schedule))
         metrics["train_loss"] = loss
         content = RecordDict(

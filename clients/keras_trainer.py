@@ -14,6 +14,7 @@ clients (``clients.dp``).
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -78,10 +79,14 @@ class KerasTrainer:
         ]
         x_spec = tf.TensorSpec((None, *spec.input_shape), tf.float32)
         y_spec = tf.TensorSpec((None,), tf.int64)
-        self._train = tf.function(
-            self._train_steps,
-            input_signature=[x_spec, y_spec, tf.TensorSpec((None, None), tf.int64)],
-        )
+        # FedProx anchor: the global weights a round starts from.
+        self._anchor = [tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
+        signature = [x_spec, y_spec, tf.TensorSpec((None, None), tf.int64),
+                     tf.TensorSpec((), tf.float32)]
+        self._train = tf.function(functools.partial(self._train_steps, proximal=False),
+                                  input_signature=signature)
+        self._train_proximal = tf.function(functools.partial(self._train_steps, proximal=True),
+                                           input_signature=signature)
         self._private_train = tf.function(
             self._private_steps,
             input_signature=[x_spec, y_spec, tf.TensorSpec((None, None), tf.int64),
@@ -98,7 +103,8 @@ class KerasTrainer:
     def set_weights(self, weights: list[np.ndarray]) -> None:
         self.model.set_weights(weights)
 
-    def _train_steps(self, x: tf.Tensor, y: tf.Tensor, schedule: tf.Tensor) -> tf.Tensor:
+    def _train_steps(self, x: tf.Tensor, y: tf.Tensor, schedule: tf.Tensor,
+                     proximal_mu: tf.Tensor, *, proximal: bool) -> tf.Tensor:
         variables = self.model.trainable_variables
         total = tf.constant(0.0)
         for row in tf.range(tf.shape(schedule)[0]):
@@ -106,7 +112,12 @@ class KerasTrainer:
             xb, yb = tf.gather(x, idx), tf.gather(y, idx)
             with tf.GradientTape() as tape:
                 loss = self.loss_fn(yb, self.model(xb, training=True))
-            grads = tape.gradient(loss, variables)
+                objective = loss
+                if proximal:  # FedProx (Li et al. 2020): (mu/2) ||w - w_global||^2
+                    objective += proximal_mu / 2 * tf.add_n([
+                        tf.reduce_sum(tf.square(v - a))
+                        for v, a in zip(variables, self._anchor, strict=True)])
+            grads = tape.gradient(objective, variables)
             self.optimizer.apply_gradients(zip(grads, variables, strict=True))
             total += loss
         return total / tf.cast(tf.shape(schedule)[0], tf.float32)
@@ -164,12 +175,17 @@ class KerasTrainer:
             generator.state.assign(np.array([seed, 0], dtype=generator.state.dtype))
 
     def fit(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int,
-            dp: SampleDPPlan | None = None) -> float:
+            dp: SampleDPPlan | None = None, proximal_mu: float = 0.0) -> float:
         if (dp is not None) != self.private:
             raise ValueError("a private trainer needs a DP plan, a plain one must not get one")
         self._reset_state(seed)
+        if dp is None and not proximal_mu:
+            return float(self._train(x, y, schedule, np.float32(0.0)))
         if dp is None:
-            return float(self._train(x, y, schedule))
+            for anchor, variable in zip(self._anchor, self.model.trainable_variables,
+                                        strict=True):
+                anchor.assign(variable)
+            return float(self._train_proximal(x, y, schedule, np.float32(proximal_mu)))
         return float(self._private_train(
             x, y, schedule, np.float32(dp.noise_multiplier * dp.max_grad_norm),
             np.float32(dp.max_grad_norm), np.float32(dp.expected_batch), np.int64(seed),

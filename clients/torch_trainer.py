@@ -127,7 +127,7 @@ class TorchTrainer:
         return torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum)
 
     def fit(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int,
-            dp: SampleDPPlan | None = None) -> float:
+            dp: SampleDPPlan | None = None, proximal_mu: float = 0.0) -> float:
         # Dropout masks. (torch.manual_seed also seeds CUDA/XPU/MTIA stubs: ~1 ms per call.)
         torch.random.default_generator.manual_seed(seed)
         if (dp is not None) != self.private:
@@ -139,9 +139,14 @@ class TorchTrainer:
         rows = torch.from_numpy(schedule)
         self.module.train()
         total = torch.zeros(())
+        anchor = [p.detach().clone() for p in self.module.parameters()] if proximal_mu else []
         for idx in rows:
             optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.module(xt[idx]), yt[idx])
+            if proximal_mu:  # FedProx (Li et al. 2020): (mu/2) ||w - w_global||^2
+                loss = loss + proximal_mu / 2 * sum(
+                    (p - a).pow(2).sum() for p, a in zip(self.module.parameters(), anchor,
+                                                         strict=True))
             loss.backward()
             optimizer.step()
             total += loss.detach()

@@ -29,8 +29,11 @@ class Trainer(Protocol):
     def set_weights(self, weights: list[np.ndarray]) -> None: ...
 
     def fit(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int,
-            dp: SampleDPPlan | None = None) -> float:
+            dp: SampleDPPlan | None = None, proximal_mu: float = 0.0) -> float:
         """Run one optimizer step per schedule row; return the mean training loss.
+
+        ``proximal_mu > 0`` adds FedProx's proximal term (mu/2)||w - w_start||^2, where
+        w_start are the weights the round started from (not with ``dp``).
 
         With ``dp``, each step is a DP-SGD step: per-example gradients clipped to
         ``dp.max_grad_norm``, summed, Gaussian noise of std ``noise_multiplier *

@@ -229,6 +229,10 @@ class Config(_Section):
             )
         if self.privacy.client.mode != "off":
             _check_client_dp(self)
+        if self.privacy.sample.enabled and self.federation.strategy == "fedprox":
+            raise ValueError(
+                "federation.strategy='fedprox' with privacy.sample.enabled is not supported "
+                "(the proximal term would be clipped with the data gradients)")
         if self.privacy.sample.enabled and self.model.dropout:
             raise ValueError(
                 "privacy.sample.enabled needs model.dropout = 0 "

@@ -1,8 +1,9 @@
 """Strategy registry: ``name -> factory(federation_cfg, num_clients) -> flwr Strategy``.
 
 Stock Flower strategies are used as they are. Only strategies whose client side our
-``ClientApp`` implements are registered (FedProx's proximal term, SCAFFOLD's control
-variates and friends arrive with the strategy zoo). Importing this package does not
+``ClientApp`` implements are registered (FedProx: the trainers add the proximal term
+for the ``proximal-mu`` the strategy sends; SCAFFOLD's control variates and friends
+arrive with the strategy zoo). Importing this package does not
 import Flower; each factory does.
 
 ``federation.strategy_args`` is passed to the strategy's constructor; keys the
@@ -26,7 +27,8 @@ StrategyFactory = Callable[..., "Strategy"]
 
 #: Strategies whose aggregate is a (weighted) mean of client updates, possibly followed by
 #: a server optimizer: the ones client-level DP noise calibrated to the mean is valid for.
-MEAN_AGGREGATING = frozenset({"fedavg", "fedavgm", "fedadam", "fedadagrad", "fedyogi"})
+MEAN_AGGREGATING = frozenset({"fedavg", "fedavgm", "fedprox", "fedadam", "fedadagrad",
+                              "fedyogi"})
 
 _REGISTRY: dict[str, StrategyFactory] = {}
 
@@ -103,6 +105,7 @@ def _stock(class_name: str) -> StrategyFactory:
 for _name, _cls in {
     "fedavg": "FedAvg",
     "fedavgm": "FedAvgM",
+    "fedprox": "FedProx",
     "fedadam": "FedAdam",
     "fedadagrad": "FedAdagrad",
     "fedyogi": "FedYogi",

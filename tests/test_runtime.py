@@ -30,7 +30,7 @@ class TestInlineConformance:
     @pytest.mark.parametrize("strategy", available())
     def test_strategy_trains(self, small, framework, strategy):
         args = {"fedadam": {"eta": 0.05}, "fedyogi": {"eta": 0.05},
-                "fedadagrad": {"eta": 0.05}}.get(strategy, {})
+                "fedadagrad": {"eta": 0.05}, "fedprox": {"proximal_mu": 0.1}}.get(strategy, {})
         cfg = small(framework=framework, **{"federation.strategy": strategy,
                                             "federation.strategy_args": args})
         result = sandbox.run(cfg)

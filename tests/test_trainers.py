@@ -88,3 +88,25 @@ def test_batch_schedule_shapes():
     assert sorted(first_pass.tolist()) == list(range(100))  # each epoch is a permutation
     steps = batch_schedule(10, TrainConfig(batch_size=32, local_steps=3), rng)
     assert steps.shape == (3, 10)
+
+
+def test_fedprox_proximal_term_pulls_towards_the_round_start(digits):
+    """Both frameworks add (mu/2)||w - w_start||^2 identically; larger mu stays closer."""
+    client, _ = digits
+    spec = ModelSpec.from_config(ModelConfig(arch="mlp"), (8, 8, 1), 10)
+    cfg = TrainConfig(lr=0.1, local_steps=20, batch_size=16)
+    schedule = batch_schedule(len(client.y_train), cfg, np.random.default_rng(2))
+    start = spec.init_weights(4)
+    drift = {}
+    for framework in FRAMEWORKS:
+        trainer = make_trainer(framework, spec, cfg)
+        for mu in (0.0, 5.0):
+            trainer.set_weights(start)
+            trainer.fit(client.x_train, client.y_train, schedule, seed=0, proximal_mu=mu)
+            weights = trainer.get_weights()
+            drift[framework, mu] = (weights, sum(float(np.sum((w - s) ** 2))
+                                                 for w, s in zip(weights, start, strict=True)))
+    for framework in FRAMEWORKS:
+        assert drift[framework, 5.0][1] < 0.8 * drift[framework, 0.0][1]
+    for a, b in zip(drift["torch", 5.0][0], drift["keras", 5.0][0], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
