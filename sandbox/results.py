@@ -255,6 +255,8 @@ def privacy_report(cfg: Config, recorder: RunRecorder, audits: dict) -> dict:
             "before_round": stop.server_round, "scope": stop.scope,
             "projected_epsilon": stop.projected, "reason": str(stop)},
         "ledger": ledger.to_json(),
+        "epsilon_per_round": {scope: ledger.per_round(scope, cfg.privacy.accountant)
+                              for scope in ledger.scopes},
         "client_reported_epsilon": {str(k): v for k, v in
                                     sorted(accounted.client_reported.items())},
         "audit": audits,

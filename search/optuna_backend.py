@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -202,7 +201,6 @@ class OptunaSearch:
         self.optuna_study = optuna_study
         self.quota = quota
         self.progress = progress
-        self._lock = threading.Lock()
         self._started = 0
         self.stop_reason = ""
 
@@ -233,25 +231,17 @@ class OptunaSearch:
         return False
 
     def run(self) -> None:
-        threads = [threading.Thread(target=self._loop) for _ in range(self.study.settings.n_jobs)]
-        if len(threads) == 1:
-            self._loop()
-            return
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        """Trials one after another; parallelism comes from worker *processes*.
 
-    def _loop(self) -> None:
-        while True:
-            with self._lock:
-                if self._should_stop():
-                    return
-                self._started += 1
-                slot = len(finished_trials(self.optuna_study))
-                _reseed(self.optuna_study.sampler, _slot_seed(self.study.settings.seed, slot))
-                trial = self.optuna_study.ask()
-                trial.set_user_attr("slot", slot)
+        Threads would share the per-process trainer cache and Flower's process-wide task
+        identity, so one process runs one federated experiment at a time.
+        """
+        while not self._should_stop():
+            self._started += 1
+            slot = len(finished_trials(self.optuna_study))
+            _reseed(self.optuna_study.sampler, _slot_seed(self.study.settings.seed, slot))
+            trial = self.optuna_study.ask()
+            trial.set_user_attr("slot", slot)
             self._run_one(trial)
 
     def _run_one(self, trial: optuna.Trial) -> None:

@@ -185,6 +185,8 @@ def test_sample_dp_accountant_persists_across_rounds(small, framework):
         assert reported == pytest.approx(per_round[-1], rel=1e-9)  # node's own accountant
     eps_max = result.metric("eps_client_max")
     assert len(eps_max) == 3 and eps_max == sorted(eps_max)
+    per_round = privacy["epsilon_per_round"]
+    assert max(per_round[s][-1][1] for s in per_round) == pytest.approx(eps_max[-1])
     assert (result.run_dir / "privacy.png").is_file()
 
 

@@ -240,6 +240,16 @@ def test_sigkill_and_resume_loses_no_trial_and_matches_uninterrupted(tmp_path):
     assert res["best"]["params"] == ref["best"]["params"]
 
 
+@pytest.mark.parametrize("sampler", ["cmaes", "gp"])
+def test_other_samplers_run(tmp_path, sampler):
+    from search import run_search
+
+    trials = read_trials(run_search(write_study(tmp_path, n_trials=4, sampler=sampler,
+                                                rounds=2)))
+    assert [t["state"] for t in trials] == ["COMPLETE"] * 4
+    assert len({t["lr"] for t in trials}) == 4
+
+
 @pytest.mark.parametrize("storage", ["", "journal"])
 def test_two_worker_processes_share_one_storage(tmp_path, storage):
     import optuna
@@ -291,9 +301,12 @@ def test_study_privacy_budget_stops_the_search(tmp_path):
                        extra_experiment="privacy.sample.enabled = true")
     out = run_search(path)
     summary = json.loads((out / "summary.json").read_text())
-    assert "privacy budget" in summary["stop_reason"] or sum(summary["states"].values()) < 10
+    assert "privacy budget" in summary["stop_reason"]
+    assert sum(summary["states"].values()) < 10
+    trials = read_trials(out)
+    assert "stopped after round" in trials[-1]["reason"]  # the last trial stopped mid-run
     privacy = json.loads((out / "privacy.json").read_text())
-    assert privacy["epsilon_composed"] <= 15.0
+    assert 12.0 < privacy["epsilon_composed"] <= 15.0  # spent up to, never past, the budget
 
 
 def test_optuna_dashboard_reads_our_storage(tmp_path):
