@@ -51,6 +51,8 @@ def run(config: Config, *, callbacks=(), prior_ledger=None) -> RunResult:
             run_federation(config, recorder)
         finally:
             recorder.stop_progress()
+        if recorder.stop_exception is not None:
+            raise recorder.stop_exception
         if recorder.result is None:
             raise RuntimeError(
                 f"the {config.backend} backend finished without a result; see the log above"

@@ -144,6 +144,7 @@ class RunRecorder:
         self.result = None
         self.accounted = None
         self.stopped = None
+        self.stop_exception: BaseException | None = None
         self._last = time.perf_counter()
         self._tb = ScalarWriter(run_dir.path / "tensorboard") if cfg.output.tensorboard else None
         self._progress = None
@@ -184,7 +185,12 @@ class RunRecorder:
         if self._progress and server_round > 0:
             self._progress.update(self._task, completed=server_round, acc=metrics["accuracy"])
         for callback in self.callbacks:
-            callback(server_round, dict(self.rows[server_round]))
+            try:
+                callback(server_round, dict(self.rows[server_round]))
+            except BaseException as exc:
+                # Runtimes that run the ServerApp in a thread (Ray) may swallow it.
+                self.stop_exception = exc
+                raise
 
     def strategy_started(self, accounted) -> None:
         self.accounted = accounted

@@ -130,6 +130,36 @@ def test_ray_nodes_keep_their_dp_accountant_across_rounds(tmp_path):
         assert len(rounds) == 3 and eps == pytest.approx(rounds[-1][1], rel=1e-9)
 
 
+PRUNE_ON_RAY = """
+import json
+import sandbox
+from sandbox.errors import RunPruned
+from tests.conftest import small_overrides
+from pathlib import Path
+
+def stop(server_round, row):
+    if server_round == 1:
+        raise RunPruned(1, "pruned by test")
+
+cfg = sandbox.load_config("configs/quickstart.toml", small_overrides(Path({tmp!r}),
+                          backend="ray", rounds=3, **{{"data.num_clients": 2}}))
+try:
+    sandbox.run(cfg, callbacks=[stop])
+    outcome = "finished"
+except RunPruned as exc:
+    outcome = "pruned"
+print(json.dumps({{"outcome": outcome,
+                   "dirs": [p.name for p in (Path({tmp!r}) / "results").iterdir()]}}))
+"""
+
+
+def test_round_callback_can_stop_a_ray_run(tmp_path):
+    """A callback's RunPruned reaches the caller even though Ray runs the ServerApp."""
+    report = _subprocess_run(PRUNE_ON_RAY.format(tmp=str(tmp_path)))
+    assert report["outcome"] == "pruned"
+    assert len(report["dirs"]) == 1 and report["dirs"][0].endswith(".pruned")
+
+
 def test_import_sandbox_imports_no_framework():
     code = ("import json, sys, sandbox, strategies, clients, search; print(json.dumps({'m': "
             "[m for m in ('torch','tensorflow','keras','flwr','optuna','ray','keras_tuner',"
