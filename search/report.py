@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from search.config import Study
 
 
+LABELS = {"accuracy": "final centralized accuracy", "epsilon": "ε (max over privacy scopes)",
+          "client_compute": "client compute (M per-example gradients)"}
+
+
 def best_trial(study: Study, optuna_study: optuna.Study):
     """Best trial: single objective -> best value; multi -> most accurate feasible Pareto."""
     from optuna.trial import TrialState
@@ -229,8 +233,8 @@ def _plot_pareto(study: Study, optuna_study, path: Path) -> None:
                            label="Pareto front" if on_front else "trials")
         if objectives[j] == "epsilon" and study.settings.epsilon_max:
             ax.axvline(study.settings.epsilon_max, ls="--", color="black", label="ε limit")
-        ax.set_xlabel(objectives[j])
-        ax.set_ylabel(objectives[i])
+        ax.set_xlabel(LABELS[objectives[j]])
+        ax.set_ylabel(LABELS[objectives[i]])
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle(f"{study.settings.name}: Pareto front")
