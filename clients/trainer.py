@@ -61,11 +61,7 @@ def batch_schedule(
     the stream of per-epoch permutations wraps across epoch boundaries instead of
     emitting a short last batch, which keeps one compiled step shape per client.
     """
-    batch = min(cfg.batch_size, num_examples)
-    if cfg.local_steps is not None:
-        steps = cfg.local_steps
-    else:
-        steps = cfg.epochs_or_default * math.ceil(num_examples / batch)
+    batch, steps = cfg.local_work(num_examples)
     needed = steps * batch
     perms = [rng.permutation(num_examples) for _ in range(math.ceil(needed / num_examples))]
     return np.concatenate(perms)[:needed].reshape(steps, batch).astype(np.int64)

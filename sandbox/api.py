@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -69,6 +70,8 @@ def run(config: Config, *, callbacks=(), prior_ledger=None) -> RunResult:
         recorder.save_partial()
         failed = run_dir.fail(exc)
         exc.add_note(f"partial results kept in {failed}")
+        with contextlib.suppress(AttributeError):  # for callers that track every run (studies)
+            exc.run_dir = failed
         raise
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -97,6 +98,17 @@ class TrainConfig(_Section):
     @property
     def epochs_or_default(self) -> int:
         return self.local_epochs if self.local_epochs is not None else 1
+
+    def local_work(self, num_examples: int) -> tuple[int, int]:
+        """(batch size, optimizer steps) of one round for a client with ``num_examples``.
+
+        ``local_steps`` gives the steps directly; ``local_epochs`` gives
+        ``epochs * ceil(n / batch)``. The batch is capped at the client's sample count.
+        """
+        batch = min(self.batch_size, num_examples)
+        if self.local_steps is not None:
+            return batch, self.local_steps
+        return batch, self.epochs_or_default * math.ceil(num_examples / batch)
 
 
 class FederationConfig(_Section):

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sandbox.config import Config, describe_error, load_config, validate_config
+from sandbox.config import Config, describe_error, load_config, set_dotted, validate_config
 from sandbox.errors import ConfigError
 from search.space import SearchSpace
 
@@ -90,8 +90,6 @@ class Study:
                            if self.settings.experiment else None)
         self.base_raw = base.model_dump(mode="json", exclude_none=True)
         for key, value in _flatten(raw.get("experiment", {})):
-            from sandbox.config import set_dotted
-
             set_dotted(self.base_raw, key, value)
         self.base_raw.setdefault("output", {})["progress"] = False
         self.space = SearchSpace.from_dict(raw.get("space", {}), source=str(self.path))

@@ -50,9 +50,7 @@ def client_work(cfg: Config) -> tuple[float, int]:
     data = load_experiment_data(cfg)
     per_client = []
     for client in data.clients:
-        n = len(client.y_train)
-        batch = min(cfg.train.batch_size, n)
-        steps = cfg.train.local_steps or cfg.train.epochs_or_default * math.ceil(n / batch)
+        batch, steps = cfg.train.local_work(len(client.y_train))
         per_client.append(steps * batch)
     sampled = clients_per_round(cfg.data.num_clients, cfg.federation.fraction_train)
     mean = sum(per_client) / len(per_client)
@@ -110,10 +108,7 @@ def config_reason(exc: Exception) -> str:
 
 
 def _run_dir_of(exc: BaseException) -> str:
-    for note in getattr(exc, "__notes__", []):
-        if note.startswith("partial results kept in "):
-            return note.removeprefix("partial results kept in ")
-    return ""
+    return str(getattr(exc, "run_dir", "") or "")
 
 
 def trial_ledger(run_dir: str) -> PrivacyLedger | None:

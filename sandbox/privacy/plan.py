@@ -7,7 +7,6 @@ DP-SGD mechanism (for the ledger and the budget) without trusting client reports
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,11 +40,7 @@ def sample_dp_plan(cfg: Config, num_examples: int) -> SampleDPPlan:
 
 @functools.lru_cache(maxsize=4096)
 def _sample_dp_plan(privacy, train, rounds: int, num_examples: int) -> SampleDPPlan:
-    batch = min(train.batch_size, num_examples)
-    if train.local_steps is not None:
-        steps = train.local_steps
-    else:
-        steps = train.epochs_or_default * math.ceil(num_examples / batch)
+    batch, steps = train.local_work(num_examples)
     rate = batch / num_examples
     sample = privacy.sample
     noise = sample.noise_multiplier
