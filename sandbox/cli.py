@@ -8,58 +8,62 @@ import sys
 from sandbox.errors import SandboxError
 
 
+def _command(commands, name: str, help_text: str, config_help: str,
+             set_help: str | None = None, set_metavar: str = "KEY=VALUE"):
+    """A subcommand taking a TOML file and repeatable ``--set`` overrides."""
+    command = commands.add_parser(name, help=help_text)
+    command.add_argument("config", help=config_help)
+    command.add_argument("--set", dest="overrides", action="append", default=[],
+                         metavar=set_metavar, help=set_help)
+    return command
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedsandbox", description="Federated learning + AutoML research sandbox."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run one federated experiment from a TOML config")
-    run.add_argument("config", help="experiment TOML file (see configs/)")
-    run.add_argument("--set", dest="overrides", action="append", default=[],
-                     metavar="KEY=VALUE", help="override a config key, e.g. data.alpha=0.1")
+    run = _command(commands, "run", "run one federated experiment from a TOML config",
+                   "experiment TOML file (see configs/)",
+                   "override a config key, e.g. data.alpha=0.1")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
-    sweep = commands.add_parser(
-        "sweep", help="run every combination of a config's [sweep] table (e.g. DP noise)")
-    sweep.add_argument("config", help="experiment TOML with a [sweep] table")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="KEY=VALUE", help="override a key of every run")
+    sweep = _command(commands, "sweep",
+                     "run every combination of a config's [sweep] table (e.g. DP noise)",
+                     "experiment TOML with a [sweep] table", "override a key of every run")
     sweep.add_argument("--quiet", action="store_true", help="no per-run progress bars")
-    search = commands.add_parser(
-        "search", help="architecture/hyperparameter search over federated runs (study TOML)")
-    search.add_argument("config", help="study TOML with [study], [experiment], [space]")
+    search = _command(commands, "search",
+                      "architecture/hyperparameter search over federated runs (study TOML)",
+                      "study TOML with [study], [experiment], [space]",
+                      "override a [study] key", "study.KEY=VALUE")
     search.add_argument("--resume", action="store_true",
                         help="continue the study in its storage (interrupted trials re-run)")
-    search.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="study.KEY=VALUE", help="override a [study] key")
-    show = commands.add_parser("show-config", help="print the resolved config as TOML")
-    show.add_argument("config")
-    show.add_argument("--set", dest="overrides", action="append", default=[],
-                      metavar="KEY=VALUE")
+    _command(commands, "show-config", "print the resolved config as TOML", "experiment TOML")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from sandbox.config import load_config
-
-    if args.command == "sweep":
-        return _sweep(args)
-    if args.command == "search":
-        return _search(args)
+    handlers = {"run": _run, "show-config": _run, "sweep": _sweep, "search": _search}
     try:
-        overrides = list(args.overrides)
-        if getattr(args, "quiet", False):
-            overrides.append("output.progress=false")
-        cfg = load_config(args.config, overrides)
-        if args.command == "show-config":
-            print(cfg.to_toml(), end="")
-            return 0
-        from sandbox.api import run
-
-        result = run(cfg)
+        return handlers[args.command](args)
     except SandboxError as exc:
         print(f"fedsandbox: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _run(args) -> int:
+    from sandbox.config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "quiet", False):
+        overrides.append("output.progress=false")
+    cfg = load_config(args.config, overrides)
+    if args.command == "show-config":
+        print(cfg.to_toml(), end="")
+        return 0
+    from sandbox.api import run
+
+    result = run(cfg)
     if not args.quiet:
         print_summary(cfg, result)
     return 0
@@ -69,11 +73,7 @@ def _sweep(args) -> int:
     from sandbox.config import parse_overrides
     from sandbox.sweep import run_sweep
 
-    try:
-        path = run_sweep(args.config, dict(parse_overrides(args.overrides)), quiet=args.quiet)
-    except SandboxError as exc:
-        print(f"fedsandbox: error: {exc}", file=sys.stderr)
-        return 2
+    path = run_sweep(args.config, dict(parse_overrides(args.overrides)), quiet=args.quiet)
     print(f"sweep results: {path}")
     return 0
 
@@ -82,18 +82,13 @@ def _search(args) -> int:
     from sandbox.config import parse_overrides
     from search import run_search
 
-    try:
-        overrides = {}
-        for key, value in parse_overrides(args.overrides):
-            if not key.startswith("study."):
-                raise SandboxError(f"--set {key}: search overrides are [study] keys "
-                                   "(study.n_trials=..., study.sampler=...)")
-            overrides[key.removeprefix("study.")] = value
-        path = run_search(args.config, overrides, resume=args.resume)
-    except SandboxError as exc:
-        print(f"fedsandbox: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"study report: {path}")
+    overrides = {}
+    for key, value in parse_overrides(args.overrides):
+        if not key.startswith("study."):
+            raise SandboxError(f"--set {key}: search overrides are [study] keys "
+                               "(study.n_trials=..., study.sampler=...)")
+        overrides[key.removeprefix("study.")] = value
+    print(f"study report: {run_search(args.config, overrides, resume=args.resume)}")
     return 0
 
 

@@ -316,20 +316,22 @@ def load_config(
     ConfigError
         With one line per problem, each naming the key and what is allowed.
     """
-    raw: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"config file not found: {file}")
-        try:
-            raw = tomllib.loads(file.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{file}: invalid TOML: {exc}") from None
+    raw: dict[str, Any] = {} if path is None else read_toml(path, "config")
+    source = "defaults" if path is None else str(path)
     for key, value in parse_overrides(overrides):
         set_dotted(raw, key, value)
     return validate_config(raw, source=source)
+
+
+def read_toml(path: str | Path, kind: str) -> dict[str, Any]:
+    """Parse a TOML file; a missing file or bad TOML is a ConfigError naming it."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{kind} file not found: {file}")
+    try:
+        return tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: invalid TOML: {exc}") from None
 
 
 def validate_config(raw: dict[str, Any], *, source: str = "config") -> Config:

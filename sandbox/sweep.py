@@ -21,11 +21,10 @@ import datetime as dt
 import itertools
 import json
 import shutil
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from sandbox.config import Config, set_dotted, validate_config
+from sandbox.config import Config, read_toml, set_dotted, validate_config
 from sandbox.errors import ConfigError
 
 
@@ -33,12 +32,7 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None
                ) -> tuple[str, list[tuple[dict[str, Any], Config]]]:
     """Expand a sweep file into validated ``(swept values, Config)`` pairs."""
     file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"sweep file not found: {file}")
-    try:
-        raw = tomllib.loads(file.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{file}: invalid TOML: {exc}") from None
+    raw = read_toml(file, "sweep")
     grid = raw.pop("sweep", None)
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"{file}: a sweep needs a [sweep] table of key = [values, ...]")

@@ -5,13 +5,19 @@ Every key is documented in ``configs/README.md`` (section "Search studies").
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sandbox.config import Config, describe_error, load_config, set_dotted, validate_config
+from sandbox.config import (
+    Config,
+    describe_error,
+    load_config,
+    read_toml,
+    set_dotted,
+    validate_config,
+)
 from sandbox.errors import ConfigError
 from search.space import SearchSpace
 
@@ -69,12 +75,7 @@ class Study:
 
     def __init__(self, path: str | Path, overrides: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ConfigError(f"study file not found: {self.path}")
-        try:
-            raw = tomllib.loads(self.path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{self.path}: invalid TOML: {exc}") from None
+        raw = read_toml(self.path, "study")
         unknown = sorted(set(raw) - {"study", "experiment", "space"})
         if unknown:
             raise ConfigError(f"{self.path}: unknown table(s) {unknown}; allowed: study, "
