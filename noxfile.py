@@ -78,7 +78,9 @@ def tests_slow(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
+    """ruff, and the layer contracts of pyproject.toml (import-linter)."""
     _run(session, "ruff", "check", ".")
+    _run(session, "lint-imports", "--no-logo")
 
 
 @nox.session
@@ -103,7 +105,7 @@ def study(session: nox.Session) -> None:
 @nox.session
 def crosscheck(session: nox.Session) -> None:
     """Ledger accountants vs Google's dp-accounting on the acceptance grid (~1 min)."""
-    _run(session, "python", "-m", "sandbox.privacy.crosscheck",
+    _run(session, "python", "-m", "benchmarks.crosscheck",
          "--out", "docs/accountant_crosscheck.md")
 
 

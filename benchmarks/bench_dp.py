@@ -25,10 +25,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.results_file import replace_section  # noqa: E402
-from clients.trainer import batch_schedule, get_trainer  # noqa: E402
-from sandbox.config import ModelConfig, TrainConfig  # noqa: E402
-from sandbox.models import ModelSpec  # noqa: E402
-from sandbox.privacy import SampleDPPlan  # noqa: E402
+from clients.schedule import batch_schedule  # noqa: E402
+from clients.trainer import get_trainer  # noqa: E402
+from sandbox.core.config import ModelConfig, TrainConfig  # noqa: E402
+from sandbox.core.models import ModelSpec  # noqa: E402
+from sandbox.core.privacy import SampleDPPlan  # noqa: E402
 
 MODELS = {
     "MLP [64, 64], input 40": (ModelConfig(arch="mlp", hidden=[64, 64]), (40, 1)),

@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sandbox  # noqa: E402
 from benchmarks.results_file import replace_section  # noqa: E402
-from clients.app import client_randomness, model_spec_for  # noqa: E402
-from clients.trainer import batch_schedule, get_trainer  # noqa: E402
-from sandbox.data import load_federated_data  # noqa: E402
+from clients.schedule import batch_schedule, client_randomness  # noqa: E402
+from clients.trainer import get_trainer  # noqa: E402
+from sandbox.core.data import load_federated_data  # noqa: E402
+from sandbox.core.wire import model_spec_for  # noqa: E402
 
 
 def bench_config(framework: str, clients: int, rounds: int, backend: str) -> sandbox.Config:
@@ -67,6 +68,8 @@ def bare_loop(cfg: sandbox.Config) -> float:
 
 
 class _Final:
+    prior_ledger = None
+
     def round_finished(self, server_round, metrics):
         self.accuracy = metrics["accuracy"]
 
@@ -76,7 +79,7 @@ class _Final:
 
 
 def flower_run(cfg: sandbox.Config) -> float:
-    from sandbox.runtime import run_federation
+    from sandbox.engine.runtime import run_federation
 
     sink = _Final()
     run_federation(cfg, sink)

@@ -1,4 +1,4 @@
-"""Run the empirical privacy audits of :mod:`sandbox.privacy.audit` on a final model."""
+"""Run the empirical privacy audits of :mod:`sandbox.core.privacy.audit` on a final model."""
 
 from __future__ import annotations
 
@@ -6,19 +6,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clients.trainer import get_trainer
-from sandbox.data import load_federated_data
-from sandbox.privacy import audit
+from clients.trainer import get_evaluator
+from sandbox.core.data import load_federated_data
+from sandbox.core.privacy import audit
 
 if TYPE_CHECKING:
-    from sandbox.config import Config
-    from sandbox.models import ModelSpec
+    from sandbox.core.config import Config
+    from sandbox.core.models import ModelSpec
 
 
 def run_audits(cfg: Config, spec: ModelSpec, weights: list[np.ndarray]) -> dict:
     """Membership inference (train members vs global test set) and the canary audit."""
     settings = cfg.privacy.audit
-    model = get_trainer(cfg.framework, spec, cfg.train)
+    model = get_evaluator(cfg.framework, spec, cfg.train)
     model.set_weights(weights)
     report: dict = {}
     if settings.membership:
@@ -34,7 +34,7 @@ def run_audits(cfg: Config, spec: ModelSpec, weights: list[np.ndarray]) -> dict:
             model.logits(data.x_test[nonmembers]), data.y_test[nonmembers],
         )
     if settings.canaries:
-        from sandbox.privacy.canaries import federation_with_canaries
+        from sandbox.core.privacy.canaries import federation_with_canaries
 
         _, canaries = federation_with_canaries(cfg.data, cfg.seed, settings)
         report["canaries"] = audit.canary_audit(

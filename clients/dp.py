@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from flwr.app import ConfigRecord, Context
 
-from sandbox.privacy import SampleDPPlan, epsilon
+from sandbox.core.privacy import SampleDPPlan, epsilon
 
 ACCOUNTANT_KEY = "dp-accountant"
 
@@ -45,3 +45,16 @@ def account_round(context: Context, plan: SampleDPPlan, *, method: str, delta: f
         accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)
     save_accountant(context, accountant)
     return epsilon(accountant.history, delta, method)
+
+
+def client_mods(mode: str) -> list:
+    """ClientApp mods that client-side clipping needs (Flower's clipping mods).
+
+    ``mode`` is ``privacy.client.mode``: ``client_fixed`` clips each update to a fixed
+    norm on the client (McMahan et al. 2018), ``client_adaptive`` also reports whether it
+    clipped, for the server's adaptive norm (Andrew et al. 2021).
+    """
+    from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+
+    return {"client_fixed": [fixedclipping_mod],
+            "client_adaptive": [adaptiveclipping_mod]}.get(mode, [])

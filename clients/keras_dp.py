@@ -1,6 +1,6 @@
 """Per-example gradients of a spec-built Keras model from one batched backward pass.
 
-The trick Opacus uses in torch, written for the layers a :class:`~sandbox.models.ModelSpec`
+The trick Opacus uses in torch, written for the layers a :class:`~sandbox.core.models.ModelSpec`
 has. The forward pass is run layer by layer keeping each dense/conv layer's input ``a``
 and pre-activation output ``z``; one backward pass of the summed loss gives
 ``b = dL/dz``, whose row *i* only depends on example *i*. Then per example:

@@ -1,4 +1,4 @@
-"""Keras 3 (TensorFlow backend) bridge: build a :class:`~sandbox.models.ModelSpec` and train it.
+"""Keras 3 (TensorFlow backend) bridge: build a :class:`~sandbox.core.models.ModelSpec`, train it.
 
 Local training runs as one compiled ``tf.function`` per call: the loop over the batch
 schedule is a graph ``while`` loop, so a round of local steps costs one Python call.
@@ -25,10 +25,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from clients.keras_dp import clipped_gradient_sum  # noqa: E402
-from clients.trainer import PAD  # noqa: E402
-from sandbox.config import TrainConfig  # noqa: E402
-from sandbox.models import ModelSpec  # noqa: E402
-from sandbox.privacy import SampleDPPlan  # noqa: E402
+from clients.schedule import PAD  # noqa: E402
+from sandbox.core.config import TrainConfig  # noqa: E402
+from sandbox.core.models import ModelSpec  # noqa: E402
+from sandbox.core.privacy import SampleDPPlan  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":
     raise RuntimeError(

@@ -1,9 +1,9 @@
-"""PyTorch bridge: build a :class:`~sandbox.models.ModelSpec` as an ``nn.Module`` and train it.
+"""PyTorch bridge: build a :class:`~sandbox.core.models.ModelSpec` as an ``nn.Module`` and train it.
 
 DP-SGD uses Opacus' own parts: a ``GradSampleModule`` (per-example gradients, built once
 per trainer) and a ``DPOptimizer`` (per-example clipping, Gaussian noise, normalization by
 the expected batch size) wrapped around a fresh optimizer each round. Batches come from
-the framework-neutral Poisson schedule (:func:`clients.trainer.poisson_schedule`) instead
+the framework-neutral Poisson schedule (:func:`clients.schedule.poisson_schedule`) instead
 of Opacus' ``DPDataLoader``, so torch and Keras clients draw identical batches; the
 accountant lives with the client's node state (``clients.dp``), not in a
 ``PrivacyEngine`` that would be rebuilt every round.
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from clients.trainer import PAD
-from sandbox.config import TrainConfig
-from sandbox.models import ModelSpec
-from sandbox.privacy import SampleDPPlan
+from clients.schedule import PAD
+from sandbox.core.config import TrainConfig
+from sandbox.core.models import ModelSpec
+from sandbox.core.privacy import SampleDPPlan
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU}
 

@@ -1,24 +1,21 @@
-"""The small protocol both framework trainers follow, and the shared batch schedule.
+"""The small protocol both framework trainers follow, and the trainer factory.
 
-Both trainers draw mini-batches from the same numpy index schedule, so a torch client
-and a Keras client see identical batches for the same seed.
+Both trainers draw mini-batches from the same numpy index schedule
+(:mod:`clients.schedule`), so a torch client and a Keras client see identical batches
+for the same seed.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
 if TYPE_CHECKING:
-    from sandbox.config import TrainConfig
-    from sandbox.models import ModelSpec
-    from sandbox.privacy import SampleDPPlan
+    import numpy as np
 
-#: Padding value in Poisson schedules (rows have different batch sizes).
-PAD = -1
+    from sandbox.core.config import TrainConfig
+    from sandbox.core.models import ModelSpec
+    from sandbox.core.privacy import SampleDPPlan
 
 
 class Trainer(Protocol):
@@ -38,7 +35,8 @@ class Trainer(Protocol):
         With ``dp``, each step is a DP-SGD step: per-example gradients clipped to
         ``dp.max_grad_norm``, summed, Gaussian noise of std ``noise_multiplier *
         max_grad_norm`` added, divided by ``dp.expected_batch``. Rows may then be padded
-        with :data:`PAD` (Poisson batches vary in size; an empty row is a noise-only step).
+        with :data:`clients.schedule.PAD` (Poisson batches vary in size; an empty row is
+        a noise-only step).
         """
         ...
 
@@ -51,39 +49,6 @@ class Trainer(Protocol):
         ...
 
 
-def batch_schedule(
-    num_examples: int, cfg: TrainConfig, rng: np.random.Generator
-) -> np.ndarray:
-    """Index matrix ``(steps, batch)``: rows are mini-batches of a reshuffled stream.
-
-    ``train.local_steps`` gives the number of rows directly; ``train.local_epochs`` gives
-    ``epochs * ceil(n / batch)`` rows. Batches have a fixed size ``min(batch_size, n)``:
-    the stream of per-epoch permutations wraps across epoch boundaries instead of
-    emitting a short last batch, which keeps one compiled step shape per client.
-    """
-    batch, steps = cfg.local_work(num_examples)
-    needed = steps * batch
-    perms = [rng.permutation(num_examples) for _ in range(math.ceil(needed / num_examples))]
-    return np.concatenate(perms)[:needed].reshape(steps, batch).astype(np.int64)
-
-
-def poisson_schedule(
-    num_examples: int, sample_rate: float, steps: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Index matrix ``(steps, width)`` of Poisson-sampled batches, padded with :data:`PAD`.
-
-    Each row includes every example independently with probability ``sample_rate`` (the
-    sampling that DP-SGD's privacy amplification assumes; Abadi et al. 2016).
-    """
-    include = rng.random((steps, num_examples)) < sample_rate
-    width = max(int(include.sum(axis=1).max(initial=0)), 1)
-    schedule = np.full((steps, width), PAD, dtype=np.int64)
-    for row, members in enumerate(include):
-        idx = np.flatnonzero(members)
-        schedule[row, : len(idx)] = rng.permutation(idx)
-    return schedule
-
-
 @functools.lru_cache(maxsize=8)
 def get_trainer(
     framework: str, spec: ModelSpec, train: TrainConfig, *, private: bool = False
@@ -93,6 +58,19 @@ def get_trainer(
     Clients share it: each message loads that client's weights first, so building the
     model and compiling its step happens once per process, not once per client.
     """
+    return _build(framework, spec, train, private=private)
+
+
+@functools.lru_cache(maxsize=8)
+def get_evaluator(framework: str, spec: ModelSpec, train: TrainConfig) -> Trainer:
+    """A model for evaluating weights (the server's global test, audits), once per process.
+
+    A separate instance from the clients' trainers, which may run in the same process.
+    """
+    return _build(framework, spec, train, private=False)
+
+
+def _build(framework: str, spec: ModelSpec, train: TrainConfig, *, private: bool) -> Trainer:
     if framework == "torch":
         from clients.torch_trainer import TorchTrainer
 

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 import sandbox
-from sandbox.plots import plot_sweep
+from sandbox.engine.plots import plot_sweep
 
 OUT = Path(__file__).parent / "out"
 

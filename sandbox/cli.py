@@ -1,11 +1,16 @@
-"""Command line: ``fedsandbox run CONFIG [--set key=value ...]`` (also ``python -m sandbox``)."""
+"""Command line: ``fedsandbox run CONFIG [--set key=value ...]`` (also ``python -m sandbox``).
+
+The top layer: it may use every layer below (engine, search). User errors
+(:class:`~sandbox.core.errors.SandboxError`, also as the cause of a
+:class:`~sandbox.core.errors.RunFailed`) print one message and exit with code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from sandbox.errors import SandboxError
+from sandbox.core.errors import RunFailed, SandboxError
 
 
 def _command(commands, name: str, help_text: str, config_help: str,
@@ -49,10 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     except SandboxError as exc:
         print(f"fedsandbox: error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:
+        if not isinstance(exc.cause, SandboxError):
+            raise
+        print(f"fedsandbox: error: {exc.cause}\n  partial results kept in {exc.run_dir}",
+              file=sys.stderr)
+        return 2
 
 
 def _run(args) -> int:
-    from sandbox.config import load_config
+    from sandbox.engine.preflight import load_config
 
     overrides = list(args.overrides)
     if getattr(args, "quiet", False):
@@ -61,7 +72,7 @@ def _run(args) -> int:
     if args.command == "show-config":
         print(cfg.to_toml(), end="")
         return 0
-    from sandbox.api import run
+    from sandbox.engine.api import run
 
     result = run(cfg)
     if not args.quiet:
@@ -70,8 +81,8 @@ def _run(args) -> int:
 
 
 def _sweep(args) -> int:
-    from sandbox.config import parse_overrides
-    from sandbox.sweep import run_sweep
+    from sandbox.core.tomlio import parse_overrides
+    from sandbox.engine.sweep import run_sweep
 
     path = run_sweep(args.config, dict(parse_overrides(args.overrides)), quiet=args.quiet)
     print(f"sweep results: {path}")
@@ -79,7 +90,7 @@ def _sweep(args) -> int:
 
 
 def _search(args) -> int:
-    from sandbox.config import parse_overrides
+    from sandbox.core.tomlio import parse_overrides
     from search import run_search
 
     overrides = {}
@@ -111,6 +122,11 @@ def print_summary(cfg, result) -> None:
             table.add_row(label, f"{result.final[key]:.4f}")
     best = max(result.metric("central_accuracy"), default=float("nan"))
     table.add_row("best centralized accuracy", f"{best:.4f}")
+    if result.epsilon is not None:
+        table.add_row(f"ε at δ={cfg.privacy.delta:g} ({cfg.privacy.accountant})",
+                      f"{result.epsilon:.4g}")
+    table.add_row("stopped", result.stop_reason.value if result.stopped_early is None
+                  else f"{result.stop_reason.value}: {result.stopped_early['reason']}")
     table.add_row("wall time (s)", f"{result.wall_s:.1f}")
     table.add_row("config hash", result.config_hash)
     table.add_row("run directory", str(result.run_dir))

@@ -31,8 +31,7 @@ def run_search(path: str | Path, overrides: dict[str, Any] | None = None, *,
         from search.kerastuner_backend import run_kerastuner
 
         tuner = run_kerastuner(study, optuna_study, resume=resume)
-        return write_report(study, optuna_study,
-                            stop_reason=getattr(tuner, "stop_reason", "oracle finished"))
+        return write_report(study, optuna_study, stop_reason=tuner.stop_reason)
     from search.optuna_backend import run_optuna
 
     optuna_study, stop_reason = run_optuna(study, resume=resume, study_path=Path(path),

@@ -10,15 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sandbox.config import (
-    Config,
-    describe_error,
-    load_config,
-    read_toml,
-    set_dotted,
-    validate_config,
-)
-from sandbox.errors import ConfigError
+from sandbox.core.config import Config, describe_error
+from sandbox.core.errors import ConfigError
+from sandbox.core.tomlio import read_toml, set_dotted
+from sandbox.engine.preflight import load_config, validate_config
 from search.space import SearchSpace
 
 Objective = Literal["accuracy", "epsilon", "client_compute"]
@@ -85,7 +80,8 @@ class Study:
         try:
             self.settings = StudyConfig.model_validate(settings)
         except ValidationError as exc:
-            lines = [describe_error(e).replace("  ", "  study.", 1) for e in exc.errors()]
+            lines = [describe_error(e, StudyConfig).replace("  ", "  study.", 1)
+                     for e in exc.errors()]
             raise ConfigError(f"{self.path}: invalid [study]\n" + "\n".join(lines)) from None
         base = load_config(self._resolve(self.settings.experiment)
                            if self.settings.experiment else None)

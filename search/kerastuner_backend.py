@@ -18,7 +18,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras_tuner  # noqa: E402
 
-from sandbox.errors import ConfigError  # noqa: E402
+from sandbox.core.errors import ConfigError  # noqa: E402
 from search.objective import TrialOutcome, config_reason, run_trial  # noqa: E402
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ class FederatedTuner(keras_tuner.Tuner):
         super().__init__(oracle=oracle, **kwargs)
         self.study = study
         self.optuna_study = optuna_study
+        self.stop_reason = "oracle finished"
 
     def run_trial(self, trial, *args, **kwargs):
         budget = self.study.settings.client_round_budget

@@ -1,8 +1,8 @@
 """One tuning trial = one federated experiment, whatever the search backend.
 
-:func:`run_trial` runs the trial's config with :func:`sandbox.run`, hands every round's
-centralized accuracy to ``report`` (which may stop the run by raising
-:class:`~sandbox.errors.RunPruned`) and returns the objective values and costs.
+:func:`run_trial` runs the trial's config with :func:`sandbox.engine.api.run`, hands every
+round's centralized accuracy to ``report`` (which may stop the run by raising
+:class:`~sandbox.core.errors.RunPruned`) and returns the objective values and costs.
 """
 
 from __future__ import annotations
@@ -13,29 +13,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox.errors import RunPruned, SandboxError
+from sandbox.core.errors import RunDiverged, RunFailed, SandboxError
+from sandbox.core.experiment import load_experiment_data
+from sandbox.core.privacy import PrivacyLedger
+from sandbox.core.results import StopReason
+from sandbox.engine.api import run
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from sandbox.config import Config
-    from sandbox.privacy import PrivacyLedger
-
-
-class TrialFailed(SandboxError):
-    """The experiment of a trial failed (NaN loss, invalid architecture, ...)."""
+    from sandbox.core.config import Config
 
 
 @dataclass
 class TrialOutcome:
     status: str  # "complete" | "pruned" | "failed"
     accuracy: float = float("nan")
-    epsilon: float = float("inf")
+    epsilon: float = float("inf")  # the run's ε (RunResult.epsilon); inf without DP
     client_compute: float = 0.0  # million per-example gradient computations
     client_rounds: int = 0
     rounds_completed: int = 0
     run_dir: str = ""
     reason: str = ""
+    stop_reason: StopReason = StopReason.FINISHED
     accuracy_per_round: list[float] = field(default_factory=list)
 
     def value(self, objective: str) -> float:
@@ -44,15 +44,12 @@ class TrialOutcome:
 
 def client_work(cfg: Config) -> tuple[float, int]:
     """(per-example gradients per round in millions, clients per round), expected values."""
-    from sandbox.data import load_experiment_data
-    from sandbox.privacy.plan import clients_per_round
-
     data = load_experiment_data(cfg)
     per_client = []
     for client in data.clients:
         batch, steps = cfg.train.local_work(len(client.y_train))
         per_client.append(steps * batch)
-    sampled = clients_per_round(cfg.data.num_clients, cfg.federation.fraction_train)
+    sampled = cfg.federation.clients_per_round(cfg.data.num_clients)
     mean = sum(per_client) / len(per_client)
     return mean * sampled / 1e6, sampled
 
@@ -62,59 +59,50 @@ def run_trial(
     prior_ledger: PrivacyLedger | None = None,
 ) -> TrialOutcome:
     """Run one trial's experiment; never raises for a failed or pruned experiment."""
-    import sandbox
-
     accuracies: list[float] = []
 
     def on_round(server_round: int, row: dict[str, Any]) -> None:
         if server_round == 0:
             return
         if not math.isfinite(row["central_loss"]):
-            raise TrialFailed(f"non-finite centralized loss at round {server_round}")
+            raise RunDiverged(server_round)
         accuracies.append(row["central_accuracy"])
         if report is not None:
             report(server_round, row["central_accuracy"])
 
-    compute_per_round, sampled = client_work(cfg)
     try:
-        result = sandbox.run(cfg, callbacks=[on_round], prior_ledger=prior_ledger)
-    except RunPruned as exc:
+        compute_per_round, sampled = client_work(cfg)
+        result = run(cfg, callbacks=[on_round], prior_ledger=prior_ledger)
+    except SandboxError as exc:  # found by the pre-flight check: nothing ran
+        return TrialOutcome("failed", reason=config_reason(exc),
+                            stop_reason=StopReason.FAILED)
+    except RunFailed as exc:
         done = len(accuracies)
-        return TrialOutcome("pruned", accuracies[-1] if accuracies else float("nan"),
+        pruned = exc.stop_reason is StopReason.PRUNED
+        reason = str(exc.cause) if pruned else f"{type(exc.cause).__name__}: {exc.cause}"
+        return TrialOutcome("pruned" if pruned else "failed",
+                            accuracies[-1] if pruned and accuracies else float("nan"),
                             client_compute=compute_per_round * done,
                             client_rounds=sampled * done, rounds_completed=done,
-                            run_dir=_run_dir_of(exc), reason=str(exc),
-                            accuracy_per_round=accuracies)
-    except Exception as exc:  # noqa: BLE001 - a failed trial is data for the study
-        done = len(accuracies)
-        return TrialOutcome("failed", client_compute=compute_per_round * done,
-                            client_rounds=sampled * done, rounds_completed=done,
-                            run_dir=_run_dir_of(exc),
-                            reason=f"{type(exc).__name__}: {exc}".splitlines()[0],
-                            accuracy_per_round=accuracies)
+                            run_dir=str(exc.run_dir), reason=reason.splitlines()[0],
+                            accuracy_per_round=accuracies, stop_reason=exc.stop_reason)
     done = result.rounds[-1]["round"]
-    scopes = result.privacy.get("scopes", {})
-    eps = max((v[cfg.privacy.accountant] for v in scopes.values()), default=float("inf"))
-    return TrialOutcome("complete", result.final["central_accuracy"], eps,
+    return TrialOutcome("complete", result.final["central_accuracy"],
+                        math.inf if result.epsilon is None else result.epsilon,
                         compute_per_round * done, sampled * done, done,
                         str(result.run_dir), accuracy_per_round=accuracies,
-                        reason=(result.stopped_early or {}).get("reason", ""))
+                        reason=(result.stopped_early or {}).get("reason", ""),
+                        stop_reason=result.stop_reason)
 
 
 def config_reason(exc: Exception) -> str:
-    """One-line reason from a multi-line ConfigError (the offending keys)."""
+    """One-line reason from a (possibly multi-line) ConfigError or DataError."""
     lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
     return "invalid trial config: " + ("; ".join(lines) or str(exc))
 
 
-def _run_dir_of(exc: BaseException) -> str:
-    return str(getattr(exc, "run_dir", "") or "")
-
-
 def trial_ledger(run_dir: str) -> PrivacyLedger | None:
     """The privacy ledger a trial's run directory holds (finished or stopped early)."""
-    from sandbox.privacy import PrivacyLedger
-
     if not run_dir:
         return None
     path = Path(run_dir)

@@ -30,7 +30,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.errors import ConfigError
+from sandbox.core.errors import ConfigError
+from sandbox.core.tomlio import get_dotted, set_dotted
 
 TYPES = ("int", "float", "categorical")
 _INDEX = re.compile(r"^(?P<key>[\w.]+)\[(?P<index>\d+)\]$")
@@ -139,8 +140,6 @@ class SearchSpace:
         """A copy of the nested config dict ``raw`` with ``values`` set at their keys."""
         import copy
 
-        from sandbox.config import set_dotted
-
         out = copy.deepcopy(raw)
         lengths: dict[str, int] = {}
         elements: dict[str, dict[int, Any]] = {}
@@ -153,7 +152,7 @@ class SearchSpace:
             else:
                 set_dotted(out, key, value)
         for key in sorted(set(lengths) | set(elements)):
-            current = list(_get_dotted(out, key) or [])
+            current = list(get_dotted(out, key) or [])
             for index, value in elements.get(key, {}).items():
                 while len(current) <= index:
                     current.append(current[-1] if current else value)
@@ -175,15 +174,6 @@ def _declare(hp, p: Param) -> None:
                sampling="log" if p.log else "linear")
     else:
         hp.Float(p.name, p.low, p.high, step=p.step, sampling="log" if p.log else "linear")
-
-
-def _get_dotted(raw: dict[str, Any], key: str) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _parse_param(name: str, entry: Any, earlier: dict[str, Param], source: str) -> Param:

@@ -4,7 +4,7 @@
 strategy (McMahan et al. 2018 with fixed clipping; Andrew et al. 2021 with adaptive
 clipping; clipping on the server or, with Flower's clipping mods, on the clients).
 :class:`AccountedStrategy` is the outermost wrapper of every run: it writes each
-round's DP mechanisms into the :class:`~sandbox.privacy.PrivacyLedger`, stops the run
+round's DP mechanisms into the :class:`~sandbox.core.privacy.PrivacyLedger`, stops the run
 before a round that would exceed ``privacy.budget_epsilon`` and keeps a ``Result`` that
 survives such a stop.
 """
@@ -18,27 +18,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from sandbox.privacy import FEDERATION, Mechanism, PrivacyLedger, client_dp_rate
+from sandbox.core import wire
+from sandbox.core.errors import BudgetExhausted
+from sandbox.core.privacy import FEDERATION, Mechanism, PrivacyLedger, client_dp_rate
 
 if TYPE_CHECKING:
-    from sandbox.config import Config
-    from sandbox.privacy import SampleDPPlan
-
-PARTITION_KEY = "partition-id"
-UNIFORM_WEIGHT_KEY = "unit-weight"
-
-
-class BudgetExhausted(Exception):
-    """The next round would take some scope's ε past ``privacy.budget_epsilon``."""
-
-    def __init__(self, server_round: int, scope: str, projected: float, budget: float):
-        super().__init__(
-            f"round {server_round} would raise ε of {scope} to {projected:.4f} > budget "
-            f"{budget:g}; stopped after round {server_round - 1}"
-        )
-        self.server_round = server_round
-        self.scope = scope
-        self.projected = projected
+    from sandbox.core.config import Config
+    from sandbox.core.privacy import SampleDPPlan
 
 
 def wrap_client_dp(strategy: Strategy, cfg: Config) -> Strategy:
@@ -62,14 +48,6 @@ def wrap_client_dp(strategy: Strategy, cfg: Config) -> Strategy:
         clip_norm_lr=dp.clip_norm_lr,
         clipped_count_stddev=dp.clipped_count_stddev or None,
     )
-
-
-def client_mods(cfg: Config) -> list:
-    """ClientApp mods that client-side clipping needs (Flower's clipping mods)."""
-    from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
-
-    return {"client_fixed": [fixedclipping_mod],
-            "client_adaptive": [adaptiveclipping_mod]}.get(cfg.privacy.client.mode, [])
 
 
 class AccountedStrategy(Strategy):
@@ -157,12 +135,12 @@ class AccountedStrategy(Strategy):
         for reply in replies:
             if reply.has_error():
                 continue
-            metrics = reply.content["metrics"]
-            pid = int(metrics[PARTITION_KEY])
+            metrics = reply.content[wire.METRICS]
+            pid = int(metrics[wire.PARTITION_ID])
             self._node_partition[reply.metadata.src_node_id] = pid
             trained.append(pid)
-            if "dp_epsilon" in metrics:
-                self.client_reported[pid] = float(metrics["dp_epsilon"])
+            if wire.DP_EPSILON in metrics:
+                self.client_reported[pid] = float(metrics[wire.DP_EPSILON])
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         if arrays is not None:
             self.result.arrays = arrays

@@ -6,7 +6,9 @@ import sys
 import pytest
 
 from sandbox import ConfigError, load_config
-from sandbox.config import Config, dict_to_toml, validate_config
+from sandbox.core.config import Config
+from sandbox.core.tomlio import dict_to_toml
+from sandbox.engine.preflight import validate_config
 from tests.conftest import ROOT
 
 QUICKSTART = ROOT / "configs" / "quickstart.toml"
@@ -72,7 +74,8 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_resolved_toml_round_trips():
-    cfg = load_config(QUICKSTART, {"federation.strategy_args": {"server_momentum": 0.5},
+    cfg = load_config(QUICKSTART, {"federation.strategy": "fedavgm",
+                                   "federation.strategy_args": {"server_momentum": 0.5},
                                    "train.local_steps": 7, "train.local_epochs": None})
     import tomllib
 
@@ -122,8 +125,8 @@ def test_cli_data_error_writes_nothing(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_config_validates_and_builds(path):
-    from sandbox.data import load_federated_data
-    from sandbox.models import ModelSpec
+    from sandbox.core.data import load_federated_data
+    from sandbox.core.models import ModelSpec
 
     text = path.read_text()
     if "[study]" in text:
@@ -135,7 +138,7 @@ def test_every_shipped_config_validates_and_builds(path):
         trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
         configs = [study.base, study.trial_config(study.space.suggest_optuna(trial))]
     elif "[sweep]" in text:
-        from sandbox.sweep import load_sweep
+        from sandbox.engine.sweep import load_sweep
 
         configs = [cfg for _, cfg in load_sweep(path)[1]]
     else:
@@ -147,7 +150,7 @@ def test_every_shipped_config_validates_and_builds(path):
 
 
 def test_sweep_expands_grid_and_baselines(tmp_path):
-    from sandbox.sweep import load_sweep
+    from sandbox.engine.sweep import load_sweep
 
     _, runs = load_sweep(ROOT / "configs" / "dp_sweep.toml")
     assert len(runs) == 2 * 6 + 2

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from sandbox import DataError
-from sandbox.config import DataConfig
-from sandbox.data import load_federated_data, partition_indices
+from sandbox.core.config import DataConfig
+from sandbox.core.data import load_federated_data, partition_indices
 
 
 def label_entropy(data) -> float:

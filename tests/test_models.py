@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from sandbox import ConfigError
-from sandbox.config import ModelConfig, TrainConfig
-from sandbox.models import ModelSpec
+from sandbox.core.config import ModelConfig, TrainConfig
+from sandbox.core.models import ModelSpec
 
 CASES = {
     "mlp-digits": ("mlp", (8, 8, 1), {}),

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import sandbox
-from sandbox.privacy import Mechanism, PrivacyLedger, epsilon
-from sandbox.privacy import audit as audit_maths
+from sandbox.core.privacy import Mechanism, PrivacyLedger, epsilon
+from sandbox.core.privacy import audit as audit_maths
 
 FRAMEWORKS = ["torch", "keras"]
 
@@ -23,7 +23,7 @@ def dp_overrides(**extra):
 
 
 # -- accountants ----------------------------------------------------------------------------
-@pytest.mark.parametrize("q,sigma,steps", __import__("sandbox.privacy.crosscheck",
+@pytest.mark.parametrize("q,sigma,steps", __import__("benchmarks.crosscheck",
                                                       fromlist=["GRID"]).GRID)
 def test_accountants_match_dp_accounting(q, sigma, steps):
     """Acceptance grid: RDP within 2 % of dp-accounting, PRV within 5 % of its PLD.
@@ -32,7 +32,7 @@ def test_accountants_match_dp_accounting(q, sigma, steps):
     (see test_fractional_order_rdp_is_exact); with integer orders, where both compute the
     closed form, they agree everywhere. The table is docs/privacy.md.
     """
-    from sandbox.privacy.crosscheck import crosscheck_row
+    from benchmarks.crosscheck import crosscheck_row
 
     row = crosscheck_row(q, sigma, steps)
     assert row["rdp_int_rel"] <= 0.02
@@ -68,7 +68,7 @@ def test_epsilon_grows_with_steps_and_shrinks_with_noise():
 
 
 def test_noise_for_target_meets_target():
-    from sandbox.privacy import noise_for_target
+    from sandbox.core.privacy import noise_for_target
 
     sigma = noise_for_target(target_epsilon=2.0, delta=1e-5, sample_rate=0.05, steps=500)
     assert epsilon([(sigma, 0.05, 500)], 1e-5) == pytest.approx(2.0, rel=0.01)
@@ -99,8 +99,8 @@ def test_ledger_composes_runs_on_the_same_data_only():
 @pytest.fixture(scope="module")
 def keras_dp():
     from clients.trainer import get_trainer
-    from sandbox.config import ModelConfig, TrainConfig
-    from sandbox.models import ModelSpec
+    from sandbox.core.config import ModelConfig, TrainConfig
+    from sandbox.core.models import ModelSpec
 
     spec = ModelSpec.from_config(ModelConfig(arch="cnn", channels=[4], hidden=[16]),
                                  (8, 8, 1), 10)
@@ -151,9 +151,9 @@ def test_keras_noise_has_configured_scale(keras_dp):
 def test_torch_and_keras_dp_steps_agree_without_noise():
     """Same weights, batch and clipping, σ=0: Opacus' step equals our Keras step."""
     from clients.trainer import get_trainer
-    from sandbox.config import ModelConfig, TrainConfig
-    from sandbox.models import ModelSpec
-    from sandbox.privacy import SampleDPPlan
+    from sandbox.core.config import ModelConfig, TrainConfig
+    from sandbox.core.models import ModelSpec
+    from sandbox.core.privacy import SampleDPPlan
 
     spec = ModelSpec.from_config(ModelConfig(arch="mlp", hidden=[16]), (8, 8, 1), 10)
     train = TrainConfig(batch_size=6, lr=0.5)
@@ -216,7 +216,7 @@ def test_client_level_dp_reports_epsilon_per_round(small, mode):
     assert len(eps) == 3
     event = dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(0.5, dp_accounting.GaussianDpEvent(0.8)), 3)
-    google = rdp.RdpAccountant(list(sandbox.privacy.RDP_ORDERS))
+    google = rdp.RdpAccountant(list(sandbox.core.privacy.RDP_ORDERS))
     google.compose(event)
     assert eps[-1] == pytest.approx(google.get_epsilon(1e-5), rel=0.02)
 
@@ -224,7 +224,7 @@ def test_client_level_dp_reports_epsilon_per_round(small, mode):
 def test_client_dp_wraps_a_real_flower_strategy(small):
     from flwr.serverapp.strategy import DifferentialPrivacyClientSideAdaptiveClipping, FedAdam
 
-    from sandbox.runtime.server import build_accounted_strategy
+    from sandbox.engine.server import build_accounted_strategy
 
     accounted = build_accounted_strategy(small(**{
         "federation.strategy": "fedadam", "privacy.client.mode": "client_adaptive",
@@ -322,8 +322,8 @@ def test_keras_layerwise_per_example_gradients_are_exact(arch, shape, kernel):
 
     from clients.keras_dp import clipped_gradient_sum, per_example_gradients
     from clients.keras_trainer import build_model
-    from sandbox.config import ModelConfig
-    from sandbox.models import ModelSpec
+    from sandbox.core.config import ModelConfig
+    from sandbox.core.models import ModelSpec
 
     spec = ModelSpec.from_config(ModelConfig(arch=arch, channels=[4, 3], hidden=[8],
                                              kernel_size=kernel), shape, 5)

@@ -9,7 +9,7 @@ import struct
 import pytest
 
 import sandbox
-from sandbox.tensorboard import crc32c
+from sandbox.engine.tensorboard import crc32c
 from tests.conftest import ROOT
 
 
@@ -18,12 +18,17 @@ def test_run_directory_contents(small):
     result = sandbox.run(cfg)
     files = {p.name for p in result.run_dir.iterdir()}
     assert {"config.toml", "run.json", "metrics.json", "metrics.csv", "partition_stats.json",
-            "partitions.png", "metrics.png", "weights.npz", "tensorboard"} <= files
+            "partitions.png", "metrics.png", "weights.npz", "tensorboard", "timings.json"} <= files
     run_info = json.loads((result.run_dir / "run.json").read_text())
     assert run_info["config_hash"] == cfg.config_hash() and run_info["seed"] == cfg.seed
+    assert run_info["stop_reason"] == "finished"
+    assert result.stop_reason is sandbox.StopReason.FINISHED
+    assert run_info["epsilon"] is None and result.epsilon is None
     assert run_info["versions"]["flwr"].startswith("1.42")
     rows = list(csv.DictReader((result.run_dir / "metrics.csv").open()))
-    assert len(rows) == cfg.rounds + 1 and float(rows[-1]["round_s"]) > 0
+    assert len(rows) == cfg.rounds + 1
+    timings = json.loads((result.run_dir / "timings.json").read_text())
+    assert len(timings["round_s"]) == cfg.rounds + 1 and min(timings["round_s"]) > 0
     rerun = sandbox.load_config(result.run_dir / "config.toml")
     assert rerun == cfg
     assert not list(result.run_dir.parent.glob(".*.partial"))
@@ -53,18 +58,20 @@ def test_crc32c_known_vector():
 
 
 def test_failed_run_is_marked_not_published(small, monkeypatch):
-    import sandbox.runtime
+    import sandbox.engine.runtime
 
     def explode(cfg, observer):
         observer.round_finished(0, {"loss": 1.0, "accuracy": 0.1})
         raise RuntimeError("client crashed")
 
-    monkeypatch.setattr(sandbox.runtime, "run_federation", explode)
+    monkeypatch.setattr(sandbox.engine.runtime, "run_federation", explode)
     cfg = small()
-    with pytest.raises(RuntimeError, match="client crashed"):
+    with pytest.raises(sandbox.RunFailed, match="client crashed") as caught:
         sandbox.run(cfg)
     out = list((ROOT / cfg.output.dir).iterdir())
     assert len(out) == 1 and out[0].name.endswith(".failed")
+    assert caught.value.run_dir == out[0] and isinstance(caught.value.cause, RuntimeError)
+    assert caught.value.stop_reason is sandbox.StopReason.FAILED
     assert "client crashed" in (out[0] / "error.txt").read_text()
 
 

@@ -60,12 +60,14 @@ class TestInlineConformance:
 
     def test_node_state_persists_across_rounds(self, small):
         from clients.app import STATE_KEY, make_client_app
-        from sandbox.runtime.inline import run_inline
-        from sandbox.runtime.server import make_server_app
+        from sandbox.engine.runtime.inline import run_inline
+        from sandbox.engine.server import make_server_app
 
         cfg = small(rounds=4, **{"train.local_steps": 3, "train.local_epochs": None})
 
         class Sink:
+            prior_ledger = None
+
             def round_finished(self, server_round, metrics): ...
 
             def strategy_started(self, accounted): ...
@@ -117,7 +119,7 @@ def test_ray_backend_matches_inline(tmp_path, framework):
 
 def test_ray_nodes_keep_their_dp_accountant_across_rounds(tmp_path):
     """Under Ray too, each node's Opacus accountant survives rounds (Context.state)."""
-    from sandbox.privacy import PrivacyLedger
+    from sandbox.core.privacy import PrivacyLedger
 
     extra = {"rounds": 3, "data.num_clients": 3, "backend": "ray",
              "privacy.sample.enabled": True, "train.local_epochs": 1, "train.momentum": 0.0}
@@ -133,7 +135,7 @@ def test_ray_nodes_keep_their_dp_accountant_across_rounds(tmp_path):
 PRUNE_ON_RAY = """
 import json
 import sandbox
-from sandbox.errors import RunPruned
+from sandbox.core.errors import RunPruned
 from tests.conftest import small_overrides
 from pathlib import Path
 
@@ -178,8 +180,8 @@ def test_framework_runs_import_only_their_framework(tmp_path, framework, forbidd
 
 def test_final_weights_reproduce_final_accuracy(small):
     from clients.trainer import get_trainer
-    from sandbox.data import load_federated_data
-    from sandbox.models import ModelSpec
+    from sandbox.core.data import load_federated_data
+    from sandbox.core.models import ModelSpec
 
     cfg = small()
     result = sandbox.run(cfg)
@@ -196,7 +198,7 @@ def test_final_weights_reproduce_final_accuracy(small):
 def test_wire_format_is_flowers_npy_format():
     from flwr.app import Array
 
-    from clients.wire import from_array, to_array
+    from sandbox.core.wire import from_array, to_array
 
     for array in (np.arange(12, dtype=np.float32).reshape(3, 4), np.zeros(0, np.float32),
                   np.ones((2, 3, 1, 4), np.float64), np.arange(5, dtype=np.int64)):
@@ -210,7 +212,7 @@ def test_wire_format_is_flowers_npy_format():
 
 
 def test_flat_record_round_trip_and_errors():
-    from clients.wire import FLAT_KEY, from_record, to_record
+    from sandbox.core.wire import FLAT_KEY, from_record, to_record
 
     weights = [np.ones((3, 2), np.float32), np.arange(2, dtype=np.float32)]
     record = to_record(weights)

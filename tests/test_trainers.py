@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients.trainer import batch_schedule
-from sandbox.config import DataConfig, ModelConfig, TrainConfig
-from sandbox.data import load_federated_data
-from sandbox.models import ModelSpec
+from clients.schedule import batch_schedule
+from sandbox.core.config import DataConfig, ModelConfig, TrainConfig
+from sandbox.core.data import load_federated_data
+from sandbox.core.models import ModelSpec
 
 FRAMEWORKS = ["torch", "keras"]
 

@@ -1,6 +1,6 @@
 """The privacy ledger: every DP mechanism a run applied, and what it costs in ε(δ).
 
-Pure bookkeeping; ε comes from :mod:`sandbox.privacy.accounting` (Opacus accountants).
+Pure bookkeeping; ε comes from :mod:`sandbox.core.privacy.accounting` (Opacus accountants).
 
 Scopes
 ------
@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sandbox.privacy.accounting import ACCOUNTANTS, epsilon
+from sandbox.core.privacy.accounting import ACCOUNTANTS, epsilon
 
 FEDERATION = "federation"
 COMPOSITION = (

@@ -1,8 +1,9 @@
 """The Flower ``ServerApp`` every backend runs: registry strategy + centralized evaluation.
 
-The strategy is built as ``AccountedStrategy(DP wrapper?(registry strategy))``: the
-optional Flower client-level DP wrapper, and outermost the privacy ledger / budget
-wrapper of :mod:`strategies.privacy`.
+The strategy is built as ``accounted(DP wrapper?(registry strategy))``: the optional
+Flower client-level DP wrapper, and outermost the privacy ledger / budget wrapper
+(``strategies.accounted``). The global model is evaluated on the global test set with a
+model from ``clients.get_evaluator`` after round 0 (the initial model) and every round.
 """
 
 from __future__ import annotations
@@ -14,22 +15,29 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from clients.app import model_spec_for, record_to_arrays
-from clients.trainer import get_trainer
-from clients.wire import to_record
-from sandbox.data import load_experiment_data
-from sandbox.privacy import sample_dp_plan
-from strategies import build_strategy
-from strategies.privacy import AccountedStrategy, BudgetExhausted, wrap_client_dp
+import strategies
+from clients import get_evaluator
+from sandbox.core import wire
+from sandbox.core.errors import BudgetExhausted
+from sandbox.core.experiment import load_experiment_data
+from sandbox.core.privacy import sample_dp_plan
 
 if TYPE_CHECKING:
     from flwr.serverapp.strategy import Result
 
-    from sandbox.config import Config
+    from sandbox.core.config import Config
+    from sandbox.core.privacy import PrivacyLedger
+    from strategies.privacy import AccountedStrategy
 
 
 class RoundObserver(Protocol):
-    """Receives the centralized metrics after round 0 (initial model) and every round."""
+    """Receives the centralized metrics after round 0 (initial model) and every round.
+
+    ``prior_ledger`` holds privacy already spent on the same data (earlier tuning
+    trials), which the run's budget covers too; ``None`` if there is none.
+    """
+
+    prior_ledger: PrivacyLedger | None
 
     def round_finished(self, server_round: int, metrics: dict[str, float]) -> None: ...
 
@@ -50,35 +58,40 @@ def make_server_app(cfg: Config, observer: RoundObserver) -> ServerApp:
     return app
 
 
-def build_accounted_strategy(cfg: Config, *, source: str = "", prior=None) -> AccountedStrategy:
+def build_accounted_strategy(cfg: Config, *, source: str = "",
+                             prior: PrivacyLedger | None = None) -> AccountedStrategy:
     """Registry strategy, optional client-level DP wrapper, ledger/budget wrapper."""
     data = load_experiment_data(cfg)
     client_dp = cfg.privacy.client.mode != "off"
-    strategy = build_strategy(cfg.federation, cfg.data.num_clients, uniform_weights=client_dp)
+    # Client-level DP calibrates its noise to clipping_norm / clients per round, a bound
+    # on the sensitivity of the *unweighted* mean: clients send unit-weight = 1 for it.
+    weight_key = wire.UNIT_WEIGHT if client_dp else wire.NUM_EXAMPLES
+    strategy = strategies.build_strategy(cfg.federation, cfg.data.num_clients,
+                                         weighted_by_key=weight_key)
     if client_dp:
-        strategy = wrap_client_dp(strategy, cfg)
+        strategy = strategies.wrap_client_dp(strategy, cfg)
     plans = {}
     if cfg.privacy.sample.enabled:
         plans = {pid: sample_dp_plan(cfg, len(c.y_train)) for pid, c in enumerate(data.clients)}
-    return AccountedStrategy(strategy, cfg, plans, source=source, prior=prior)
+    return strategies.accounted(strategy, cfg, plans, source=source, prior=prior)
 
 
 def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver) -> Result:
     random.seed(cfg.seed)  # Flower's strategies sample nodes with the `random` module
     np.random.seed(cfg.seed)  # and its DP wrappers draw noise from numpy's global state
     data = load_experiment_data(cfg)
-    spec = model_spec_for(cfg)
-    accounted = build_accounted_strategy(cfg, prior=getattr(observer, "prior_ledger", None))
-    evaluator = get_trainer(cfg.framework, spec, cfg.train)
+    spec = wire.model_spec_for(cfg)
+    accounted = build_accounted_strategy(cfg, prior=observer.prior_ledger)
+    evaluator = get_evaluator(cfg.framework, spec, cfg.train)
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        evaluator.set_weights(record_to_arrays(spec, arrays))
+        evaluator.set_weights(wire.record_to_arrays(spec, arrays))
         loss, accuracy = evaluator.evaluate(data.x_test, data.y_test)
         privacy = accounted.ledger.round_summary(server_round, cfg.privacy.accountant)
         observer.round_finished(server_round, {"loss": loss, "accuracy": accuracy, **privacy})
         return MetricRecord({"central_loss": loss, "central_accuracy": accuracy})
 
-    initial = to_record(spec.init_weights(cfg.seed))
+    initial = wire.to_record(spec.init_weights(cfg.seed))
     accounted.result.arrays = initial
     observer.strategy_started(accounted)
     stopped = None
@@ -87,7 +100,7 @@ def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver) -> Result:
             grid=grid,
             initial_arrays=initial,
             num_rounds=cfg.rounds,
-            train_config=ConfigRecord({"framework": cfg.framework}),
+            train_config=ConfigRecord({wire.FRAMEWORK: cfg.framework}),
             evaluate_fn=evaluate_global,
         )
     except BudgetExhausted as exc:

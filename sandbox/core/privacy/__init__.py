@@ -1,12 +1,12 @@
 """Privacy maths: accountants, the privacy ledger, DP plans and empirical audits.
 
 Pure numpy/scipy apart from the accountant calls into Opacus (imported lazily), so
-``import sandbox.privacy`` stays framework-free.
+``import sandbox.core.privacy`` stays framework-free.
 """
 
-from sandbox.privacy.accounting import ACCOUNTANTS, RDP_ORDERS, epsilon, noise_for_target
-from sandbox.privacy.ledger import FEDERATION, Mechanism, PrivacyLedger
-from sandbox.privacy.plan import SampleDPPlan, client_dp_rate, sample_dp_plan
+from sandbox.core.privacy.accounting import ACCOUNTANTS, RDP_ORDERS, epsilon, noise_for_target
+from sandbox.core.privacy.ledger import FEDERATION, Mechanism, PrivacyLedger
+from sandbox.core.privacy.plan import SampleDPPlan, client_dp_rate, sample_dp_plan
 
 __all__ = [
     "ACCOUNTANTS",

@@ -24,8 +24,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sandbox.config import Config, read_toml, set_dotted, validate_config
-from sandbox.errors import ConfigError
+from sandbox.core.config import Config
+from sandbox.core.errors import ConfigError
+from sandbox.core.results import RunResult
+from sandbox.core.tomlio import read_toml, set_dotted
+from sandbox.engine.api import run
+from sandbox.engine.preflight import validate_config
 
 
 def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None
@@ -65,8 +69,6 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None
 def run_sweep(path: str | Path, overrides: dict[str, Any] | None = None,
               *, quiet: bool = False) -> Path:
     """Run every combination; return the sweep's results directory."""
-    from sandbox.api import run
-
     name, runs = load_sweep(path, overrides)
     root = Path(runs[0][1].output.dir)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -80,8 +82,9 @@ def run_sweep(path: str | Path, overrides: dict[str, Any] | None = None,
                 update={"dir": str(work / "runs"), "progress": not quiet})})
             result = run(cfg)
             rows.append(_row(combo, cfg, result))
+            eps = "no DP" if result.epsilon is None else f"{result.epsilon:.3g}"
             print(f"[{index}/{len(runs)}] {_describe(combo)}: accuracy "
-                  f"{rows[-1]['final_accuracy']:.3f}, ε {rows[-1]['epsilon']:.3g}", flush=True)
+                  f"{rows[-1]['final_accuracy']:.3f}, ε {eps}", flush=True)
         _write(work, rows, name)
     except BaseException:
         failed = root / f"{name}-{stamp}.failed"
@@ -95,21 +98,15 @@ def _describe(combo: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in combo.items())
 
 
-def _row(combo: dict[str, Any], cfg: Config, result) -> dict[str, Any]:
-    scopes = result.privacy.get("scopes", {})
-    accountant = cfg.privacy.accountant
-    clients = [v[accountant] for k, v in scopes.items() if k != "federation"]
-    fed = scopes.get("federation", {}).get(accountant)
-    eps = max(clients) if clients else (fed if fed is not None else float("inf"))
+def _row(combo: dict[str, Any], cfg: Config, result: RunResult) -> dict[str, Any]:
     return {
         **{k: v for k, v in combo.items()},
         "framework": cfg.framework,
         "baseline": bool(combo.get("baseline", False)),
         "final_accuracy": result.final["central_accuracy"],
         "best_accuracy": max(result.metric("central_accuracy")),
-        "epsilon": eps,
-        "epsilon_kind": "max over clients (sample-level)" if clients
-        else ("federation (client-level)" if fed is not None else "no DP"),
+        "epsilon": result.epsilon,
+        "stop_reason": result.stop_reason.value,
         "rounds_completed": result.rounds[-1]["round"],
         "wall_s": result.wall_s,
         "run_dir": str(result.run_dir.name),
@@ -119,7 +116,7 @@ def _row(combo: dict[str, Any], cfg: Config, result) -> dict[str, Any]:
 def _write(work: Path, rows: list[dict[str, Any]], name: str) -> None:
     import csv
 
-    from sandbox.plots import plot_utility_privacy
+    from sandbox.engine.plots import plot_utility_privacy
 
     (work / "sweep.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -127,5 +124,5 @@ def _write(work: Path, rows: list[dict[str, Any]], name: str) -> None:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    if any(r["epsilon"] != float("inf") for r in rows):
+    if any(r["epsilon"] is not None for r in rows):
         plot_utility_privacy(rows, work / "utility_privacy.png", f"{name}: utility vs privacy")

@@ -10,10 +10,10 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sandbox.privacy.accounting import noise_for_target
+from sandbox.core.privacy.accounting import noise_for_target
 
 if TYPE_CHECKING:
-    from sandbox.config import Config
+    from sandbox.core.config import Config
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,7 @@ def _sample_dp_plan(privacy, train, rounds: int, num_examples: int) -> SampleDPP
     return SampleDPPlan(noise, sample.max_grad_norm, rate, batch, steps, sample.poisson)
 
 
-def clients_per_round(num_clients: int, fraction_train: float) -> int:
-    """How many clients Flower's strategies sample each round (``fraction_train``)."""
-    return max(int(num_clients * fraction_train), 1)
-
-
 def client_dp_rate(cfg: Config) -> tuple[int, float]:
     """Clients per round and the sampling rate used to account client-level DP."""
-    sampled = clients_per_round(cfg.data.num_clients, cfg.federation.fraction_train)
+    sampled = cfg.federation.clients_per_round(cfg.data.num_clients)
     return sampled, sampled / cfg.data.num_clients

@@ -19,6 +19,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from sandbox.core import wire
+
 # Node ids are deterministic (Flower's runtimes draw random 64-bit ids).
 FIRST_NODE_ID = 1_000
 
@@ -33,7 +35,7 @@ class InlineGrid(Grid):
             FIRST_NODE_ID + pid: Context(
                 run_id=run_id,
                 node_id=FIRST_NODE_ID + pid,
-                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                node_config={wire.NODE_PARTITION_ID: pid, wire.NODE_NUM_PARTITIONS: num_nodes},
                 state=RecordDict(),
                 run_config={},
             )

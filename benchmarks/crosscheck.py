@@ -1,12 +1,12 @@
 """Cross-check of the ledger's accountants against Google's ``dp-accounting``.
 
-    python -m sandbox.privacy.crosscheck [--out docs/accountant_crosscheck.md]
+    python -m benchmarks.crosscheck [--out docs/accountant_crosscheck.md]
 
 For Poisson-subsampled Gaussian compositions on the grid q ∈ {0.001, 0.01, 0.1},
 σ ∈ {0.8, 1.1, 2.0}, steps ∈ {100, 1000, 10000}:
 
 * ledger RDP ε vs ``dp_accounting.rdp.RdpAccountant`` at the same orders
-  (:data:`~sandbox.privacy.accounting.RDP_ORDERS`), and at integer orders only;
+  (:data:`~sandbox.core.privacy.accounting.RDP_ORDERS`), and at integer orders only;
 * ledger PRV ε vs ``dp_accounting.pld.PLDAccountant``.
 
 ``dp-accounting`` is a development dependency (``pip install -e .[dev]``).
@@ -20,7 +20,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from sandbox.privacy.accounting import RDP_ORDERS, epsilon
+from sandbox.core.privacy.accounting import RDP_ORDERS, epsilon
 
 GRID = list(itertools.product((0.001, 0.01, 0.1), (0.8, 1.1, 2.0), (100, 1000, 10000)))
 INTEGER_ORDERS = tuple(range(2, 257))

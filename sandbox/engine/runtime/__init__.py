@@ -1,6 +1,6 @@
 """Runtime backends: ``inline`` (in-process Grid, default) and ``ray`` (Flower simulation).
 
-Both run the same ``ServerApp`` (``sandbox.runtime.server``) and ``ClientApp``
+Both run the same ``ServerApp`` (``sandbox.engine.server``) and ``ClientApp``
 (``clients.app``). Flower is imported only when a run starts.
 """
 
@@ -10,8 +10,8 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sandbox.config import Config
-    from sandbox.runtime.server import RoundObserver
+    from sandbox.core.config import Config
+    from sandbox.engine.server import RoundObserver
 
 # Flower reports usage over the network by default; runs here are offline.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -23,18 +23,18 @@ def run_federation(cfg: Config, observer: RoundObserver) -> None:
     """Run experiment ``cfg`` on ``cfg.backend``; results arrive through ``observer``."""
     import logging
 
-    from clients.app import make_client_app
-    from sandbox.runtime.server import make_server_app
+    from clients import make_client_app
+    from sandbox.engine.server import make_server_app
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     server_app = make_server_app(cfg, observer)
     client_app = make_client_app(cfg)
     if cfg.backend == "inline":
-        from sandbox.runtime.inline import run_inline
+        from sandbox.engine.runtime.inline import run_inline
 
         run_inline(server_app, client_app, cfg.data.num_clients)
     elif cfg.backend == "ray":
-        from sandbox.runtime.ray_backend import run_ray
+        from sandbox.engine.runtime.ray_backend import run_ray
 
         run_ray(server_app, client_app, cfg)
     else:

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sandbox.core.data import FederatedData, load_federated_data
+
 if TYPE_CHECKING:
-    from sandbox.config import AuditConfig, DataConfig
-    from sandbox.data import FederatedData
+    from sandbox.core.config import AuditConfig, DataConfig
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,6 @@ def with_canaries(data: FederatedData, canaries: CanarySet, repeats: int) -> Fed
 def federation_with_canaries(
     data_cfg: DataConfig, seed: int, audit: AuditConfig
 ) -> tuple[FederatedData, CanarySet]:
-    from sandbox.data import load_federated_data
-
     base = load_federated_data(data_cfg, seed)
     canaries = make_canaries(base, audit, seed)
     return with_canaries(base, canaries, audit.canary_repeats), canaries

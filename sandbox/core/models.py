@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sandbox.errors import ConfigError
+from sandbox.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from sandbox.config import ModelConfig
+    from sandbox.core.config import ModelConfig
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""Experiment configuration: TOML file -> validated, typed :class:`Config`.
+"""Experiment configuration schema: a nested dict (from TOML) -> validated, typed :class:`Config`.
 
-Every key is documented in ``configs/README.md``. Validation errors are collected into
-one :class:`ConfigError` whose message names each offending key, the value given and what
-is allowed; nothing is written before a config validates.
+Every key is documented in ``configs/README.md``. This module checks what the schema
+alone can check (types, ranges, combinations of keys). What depends on other layers,
+such as whether a strategy is registered and takes the given arguments, is checked by
+the engine's pre-flight (:mod:`sandbox.engine.preflight`) before any output exists.
+Reading TOML files and ``--set`` overrides: :mod:`sandbox.core.tomlio`.
 """
 
 from __future__ import annotations
@@ -10,13 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tomllib
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sandbox.errors import ConfigError
+from sandbox.core.errors import ConfigError
 
 Framework = Literal["torch", "keras"]
 Backend = Literal["inline", "ray"]
@@ -117,15 +117,9 @@ class FederationConfig(_Section):
     fraction_evaluate: float = Field(1.0, ge=0, le=1)
     strategy_args: dict[str, float | int | bool | str] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _known_strategy(self) -> FederationConfig:
-        from strategies import available
-
-        if self.strategy not in available():
-            raise ValueError(
-                f"unknown federation.strategy '{self.strategy}'; allowed: {', '.join(available())}"
-            )
-        return self
+    def clients_per_round(self, num_clients: int) -> int:
+        """How many clients Flower's strategies sample each round (``fraction_train``)."""
+        return max(int(num_clients * self.fraction_train), 1)
 
 
 ClientDPMode = Literal["off", "server_fixed", "client_fixed", "server_adaptive", "client_adaptive"]
@@ -270,23 +264,15 @@ class Config(_Section):
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def to_toml(self) -> str:
+        from sandbox.core.tomlio import dict_to_toml
+
         return dict_to_toml(self.to_dict())
 
 
 def _check_client_dp(cfg: Config) -> None:
-    from strategies import MEAN_AGGREGATING
-
     client = cfg.privacy.client
-    if cfg.federation.strategy not in MEAN_AGGREGATING:
-        raise ValueError(
-            f"privacy.client.mode='{client.mode}' calibrates noise to a mean of client "
-            f"updates; federation.strategy '{cfg.federation.strategy}' is not one; "
-            f"allowed: {', '.join(sorted(MEAN_AGGREGATING))}"
-        )
     if client.mode.endswith("adaptive"):
-        from sandbox.privacy.plan import clients_per_round
-
-        sampled = clients_per_round(cfg.data.num_clients, cfg.federation.fraction_train)
+        sampled = cfg.federation.clients_per_round(cfg.data.num_clients)
         stddev = client.clipped_count_stddev or sampled / 20
         default = "" if client.clipped_count_stddev else " (default: clients per round / 20)"
         if client.noise_multiplier >= 2 * stddev:
@@ -297,45 +283,14 @@ def _check_client_dp(cfg: Config) -> None:
             )
 
 
-def load_config(
-    path: str | Path | None = None,
-    overrides: list[str] | dict[str, Any] | None = None,
-) -> Config:
-    """Read a TOML experiment file, apply ``a.b=c`` overrides, validate.
-
-    Parameters
-    ----------
-    path : str or Path, optional
-        TOML file. ``None`` starts from the built-in defaults.
-    overrides : list of "key=value" strings or dict of key -> value, optional
-        Dotted keys (``data.alpha``); string values are parsed as TOML values
-        (``0.1``, ``true``, ``[64, 64]``), falling back to a plain string.
+def parse_config(raw: dict[str, Any], *, source: str = "config") -> Config:
+    """Validate a nested dict (as read from TOML) against the schema.
 
     Raises
     ------
     ConfigError
         With one line per problem, each naming the key and what is allowed.
     """
-    raw: dict[str, Any] = {} if path is None else read_toml(path, "config")
-    source = "defaults" if path is None else str(path)
-    for key, value in parse_overrides(overrides):
-        set_dotted(raw, key, value)
-    return validate_config(raw, source=source)
-
-
-def read_toml(path: str | Path, kind: str) -> dict[str, Any]:
-    """Parse a TOML file; a missing file or bad TOML is a ConfigError naming it."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{kind} file not found: {file}")
-    try:
-        return tomllib.loads(file.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{file}: invalid TOML: {exc}") from None
-
-
-def validate_config(raw: dict[str, Any], *, source: str = "config") -> Config:
-    """Validate a nested dict (as read from TOML) into a :class:`Config`."""
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
@@ -343,45 +298,13 @@ def validate_config(raw: dict[str, Any], *, source: str = "config") -> Config:
         raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from None
 
 
-def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> list[tuple[str, Any]]:
-    if overrides is None:
-        return []
-    if isinstance(overrides, dict):
-        return list(overrides.items())
-    parsed = []
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value (e.g. data.alpha=0.1), got '{item}'")
-        parsed.append((key.strip(), _parse_value(text.strip())))
-    return parsed
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = raw
-    for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            prefix = ".".join(parts[: depth + 1])
-            raise ConfigError(f"--set {key}: '{prefix}' is a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def describe_error(err: dict[str, Any]) -> str:
+def describe_error(err: dict[str, Any], root: type[BaseModel] | None = None) -> str:
+    """One line for a pydantic error: the key, what was given, what is allowed."""
     loc = ".".join(str(part) for part in err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
         section, _, name = loc.rpartition(".")
-        allowed = ", ".join(_allowed_keys(section))
+        allowed = ", ".join(allowed_keys(root or Config, section))
         where = f"section [{section}]" if section else "top level"
         return f"  {loc}: unknown key '{name}' in {where}; allowed keys: {allowed}"
     if kind == "value_error":
@@ -390,29 +313,12 @@ def describe_error(err: dict[str, Any]) -> str:
     return f"  {loc or '(top level)'}: {err['msg']} (got {given!r})"
 
 
-def _allowed_keys(section: str) -> list[str]:
-    model: type[BaseModel] = Config
+def allowed_keys(root: type[BaseModel], section: str) -> list[str]:
+    """The keys of ``section`` (dotted, "" for the top level) of the model ``root``."""
+    model = root
     for part in filter(None, section.split(".")):
         annotation = model.model_fields[part].annotation
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation
     return list(model.model_fields)
-
-
-def dict_to_toml(data: dict[str, Any]) -> str:
-    """Write a nested dict of TOML-compatible values (tables after scalars)."""
-    lines: list[str] = []
-    _emit_table(data, [], lines)
-    return "\n".join(lines).strip() + "\n"
-
-
-def _emit_table(data: dict[str, Any], path: list[str], lines: list[str]) -> None:
-    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    if path and (scalars or not tables):
-        lines.append(f"\n[{'.'.join(path)}]")
-    for key, value in scalars.items():
-        lines.append(f"{key} = {json.dumps(value)}")
-    for key, value in tables.items():
-        _emit_table(value, [*path, key], lines)

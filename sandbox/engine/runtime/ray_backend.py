@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
     from flwr.serverapp import ServerApp
 
-    from sandbox.config import Config
+    from sandbox.core.config import Config
 
 _HIDE_TF_ENV = "FEDSANDBOX_HIDE_TENSORFLOW"
 

@@ -85,7 +85,7 @@ def plot_sweep(
 
 def plot_privacy(ledger, accountant: str, path: Path, title: str) -> None:
     """ε(δ) after each round: clients' median with min–max band, and the federation."""
-    from sandbox.privacy import FEDERATION
+    from sandbox.core.privacy import FEDERATION
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -129,7 +129,7 @@ def plot_utility_privacy(rows: list[dict], path: Path, title: str) -> None:
                 ax.axhline(r["final_accuracy"], ls="--", color=colors[framework],
                            label=f"{framework}, no DP")
     ax.set_xscale("log")
-    ax.set_xlabel("ε (δ fixed; max over clients for sample-level DP)")
+    ax.set_xlabel("ε at fixed δ (each run's largest over its privacy scopes)")
     ax.set_ylabel("final centralized accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")

@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from sandbox.privacy.accounting import RDP_ORDERS, as_history
+from sandbox.core.privacy.accounting import RDP_ORDERS, as_history
 
 
 def rdp_curve(history, orders=RDP_ORDERS) -> np.ndarray:

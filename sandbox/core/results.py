@@ -1,0 +1,107 @@
+"""The results format: what a run returns and the columns its files hold.
+
+A finished run's directory (written by :mod:`sandbox.engine.rundir`)::
+
+    config.toml            resolved config (re-runnable with `fedsandbox run`)
+    run.json               name, config hash, seed, versions, wall time, stop reason,
+                           final metrics, ε
+    metrics.json / .csv    one row per round (round 0 = initial model), METRIC_COLUMNS;
+                           deterministic: same config + seed -> the same bytes
+    timings.json           wall seconds per round (the only non-deterministic numbers)
+    partition_stats.json   samples and label histogram per client
+    partitions.png         the same as stacked bars
+    metrics.png            accuracy and loss per round
+    weights.npz            final global weights, canonical layout, named arrays
+    privacy.json           ledger (every DP mechanism, ε per scope under RDP and PRV),
+                           clients' own accountant ε, budget stop, audit results
+    privacy.png            ε per round: median and min-max band over clients, federation
+    tensorboard/           scalar event files
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from enum import StrEnum
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+class StopReason(StrEnum):
+    """Why a run ended."""
+
+    FINISHED = "finished"  # every configured round ran
+    BUDGET = "budget"  # privacy.budget_epsilon stopped it before the exceeding round
+    PRUNED = "pruned"  # a round callback stopped it on purpose (a pruned tuning trial)
+    DIVERGED = "diverged"  # the global model's loss became non-finite
+    FAILED = "failed"  # an error (a bug, a crashed client, a bad file found mid-run)
+    INTERRUPTED = "interrupted"  # Ctrl-C / SIGTERM
+
+
+PRIVACY_COLUMNS = ["eps_client_max", "eps_client_median", "eps_federation"]
+METRIC_COLUMNS = [
+    "round", "central_accuracy", "central_loss", "train_loss", "eval_accuracy", "eval_loss",
+    *PRIVACY_COLUMNS,
+]
+VERSIONED_PACKAGES = [
+    "fedsandbox", "flwr", "flwr-datasets", "torch", "tensorflow-cpu", "keras", "numpy",
+    "ray", "opacus", "optuna", "keras-tuner", "scikit-learn", "mnist1d", "pydantic",
+]
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def run_epsilon(scopes: dict[str, dict[str, float]], accountant: str) -> float | None:
+    """The ε of a run: the largest ε(δ) over its privacy scopes under ``accountant``.
+
+    Every scope (one client's examples under DP-SGD, the federation's clients under
+    client-level DP) is a separate guarantee; the run's ε is the weakest of them.
+    ``None`` when no DP mechanism ran.
+    """
+    values = [entry[accountant] for entry in scopes.values()]
+    return max(values) if values else None
+
+
+@dataclass
+class RunResult:
+    """What :func:`sandbox.run` returns: plain Python data, no framework objects.
+
+    Attributes
+    ----------
+    rounds : list of dict
+        One row per round (``METRIC_COLUMNS``; round 0 = initial model).
+    final : dict
+        The last row's non-empty metrics.
+    epsilon : float or None
+        :func:`run_epsilon` of the run (``None`` without DP).
+    stop_reason : StopReason
+        ``FINISHED`` or ``BUDGET`` for a returned result.
+    stopped_early : dict or None
+        Where and why a budget stop happened (round, scope, projected ε).
+    round_seconds : list of float
+        Wall time of each row's round.
+    """
+
+    run_dir: Path
+    config_hash: str
+    rounds: list[dict[str, float]]
+    wall_s: float
+    final: dict[str, float] = field(default_factory=dict)
+    privacy: dict[str, Any] = field(default_factory=dict)
+    epsilon: float | None = None
+    stop_reason: StopReason = StopReason.FINISHED
+    stopped_early: dict[str, Any] | None = None
+    round_seconds: list[float] = field(default_factory=list)
+
+    def metric(self, key: str) -> list[float]:
+        """One metric over rounds, e.g. ``result.metric("central_accuracy")``."""
+        return [row[key] for row in self.rounds if row.get(key) is not None]

@@ -1,0 +1,95 @@
+"""The public Python API the CLI is a thin layer over: :func:`run`."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from sandbox.core.errors import RunDiverged, RunFailed, RunPruned
+from sandbox.core.results import RunResult, StopReason
+from sandbox.engine.preflight import preflight
+from sandbox.engine.recorder import RunRecorder
+from sandbox.engine.rundir import RunDirectory, write_run
+
+if TYPE_CHECKING:
+    from sandbox.core.config import Config
+    from sandbox.core.privacy import PrivacyLedger
+
+
+def run(config: Config, *, callbacks=(), prior_ledger: PrivacyLedger | None = None
+        ) -> RunResult:
+    """Run one federated experiment and write its results directory.
+
+    Everything that can be wrong with the inputs (config, strategy arguments, data files,
+    model/data mismatch, DP calibration) is checked before the directory is created.
+
+    Parameters
+    ----------
+    config : Config
+        From :func:`sandbox.load_config`.
+    callbacks : iterable of callables ``(server_round, row) -> None``
+        Called after every round's centralized evaluation with that round's metrics row
+        (``central_accuracy``, ``central_loss``, privacy columns). A callback may raise
+        :class:`~sandbox.core.errors.RunPruned` or
+        :class:`~sandbox.core.errors.RunDiverged` to stop the run.
+    prior_ledger : PrivacyLedger, optional
+        Privacy already spent on the same data (earlier tuning trials): the run's
+        ``privacy.budget_epsilon`` then bounds the composition of both.
+
+    Returns
+    -------
+    RunResult
+        Per-round metrics, final metrics, ε, stop reason (finished or budget), the run
+        directory.
+
+    Raises
+    ------
+    ConfigError, DataError
+        Before anything is written.
+    RunFailed
+        The run stopped after its directory existed (pruned, diverged, failed); the
+        cause, the partial results' directory and the stop reason are attributes.
+    """
+    started = time.perf_counter()
+    prepared = preflight(config)
+    from sandbox.engine.runtime import run_federation
+
+    run_dir = RunDirectory(config)
+    recorder = RunRecorder(config, run_dir, callbacks, prior_ledger)
+    try:
+        try:
+            run_federation(config, recorder)
+        finally:
+            recorder.stop_progress()
+        if recorder.stop_exception is not None:
+            raise recorder.stop_exception
+        if recorder.result is None:
+            raise RuntimeError(
+                f"the {config.backend} backend finished without a result; see the log above"
+            )
+        audits = {}
+        if config.privacy.audit.membership or config.privacy.audit.canaries:
+            from clients import run_audits
+
+            audits = run_audits(config, prepared.spec, list(
+                recorder.final_weights(prepared.spec).values()))
+        return write_run(run_dir, config, prepared.data, prepared.spec, recorder,
+                         time.perf_counter() - started, audits)
+    except BaseException as exc:
+        reason = stop_reason_of(exc)
+        recorder.save_partial()
+        failed = run_dir.fail(exc, reason)
+        if reason is StopReason.INTERRUPTED or not isinstance(exc, Exception):
+            exc.add_note(f"partial results kept in {failed}")
+            raise
+        raise RunFailed(exc, run_dir=failed, stop_reason=reason) from exc
+
+
+def stop_reason_of(exc: BaseException) -> StopReason:
+    if isinstance(exc, RunPruned):
+        return StopReason.PRUNED
+    if isinstance(exc, RunDiverged):
+        return StopReason.DIVERGED
+    if isinstance(exc, KeyboardInterrupt):
+        return StopReason.INTERRUPTED
+    return StopReason.FAILED

@@ -1,0 +1,125 @@
+"""Configs checked against the registry, and the pre-flight check before any output exists.
+
+:func:`load_config` / :func:`validate_config` are the schema (:mod:`sandbox.core.config`)
+plus what only the layers above the core know: the strategy is registered, takes the
+given arguments, and is mean-aggregating when client-level DP wraps it.
+
+:func:`preflight` validates everything that can be validated before a run directory is
+created: the config (as above), the data (files, partitions, every client has training
+data), the model against the data's shape, and the DP calibration of every client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import strategies
+from sandbox.core.config import Config, parse_config
+from sandbox.core.data import FederatedData
+from sandbox.core.errors import ConfigError, DataError
+from sandbox.core.experiment import load_experiment_data
+from sandbox.core.models import ModelSpec
+from sandbox.core.privacy import SampleDPPlan, sample_dp_plan
+from sandbox.core.tomlio import parse_overrides, read_toml, set_dotted
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Config:
+    """Read a TOML experiment file, apply ``a.b=c`` overrides, validate.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        TOML file. ``None`` starts from the built-in defaults.
+    overrides : list of "key=value" strings or dict of key -> value, optional
+        Dotted keys (``data.alpha``); string values are parsed as TOML values
+        (``0.1``, ``true``, ``[64, 64]``), falling back to a plain string.
+
+    Raises
+    ------
+    ConfigError
+        With one line per problem, each naming the key and what is allowed.
+    """
+    raw: dict[str, Any] = {} if path is None else read_toml(path, "config")
+    source = "defaults" if path is None else str(path)
+    for key, value in parse_overrides(overrides):
+        set_dotted(raw, key, value)
+    return validate_config(raw, source=source)
+
+
+def validate_config(raw: dict[str, Any], *, source: str = "config") -> Config:
+    """Validate a nested dict (as read from TOML) into a :class:`Config`."""
+    cfg = parse_config(raw, source=source)
+    try:
+        check_config(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: invalid configuration\n  {exc}") from None
+    return cfg
+
+
+def check_config(cfg: Config) -> None:
+    """The checks that ask the strategy registry."""
+    strategies.check_strategy(cfg.federation)
+    mode = cfg.privacy.client.mode
+    if mode != "off" and not strategies.info(cfg.federation.strategy).mean_aggregating:
+        raise ConfigError(
+            f"privacy.client.mode='{mode}' calibrates noise to a mean of client updates; "
+            f"federation.strategy '{cfg.federation.strategy}' is not one; "
+            f"allowed: {', '.join(strategies.mean_aggregating())}")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the pre-flight check built on the way: the run reuses it."""
+
+    data: FederatedData
+    spec: ModelSpec
+    sample_plans: dict[int, SampleDPPlan]
+
+
+def preflight(cfg: Config) -> Prepared:
+    """Validate everything that can be validated before any output exists.
+
+    Raises
+    ------
+    ConfigError, DataError
+        Naming the key or file and what is allowed.
+    """
+    check_config(cfg)
+    data = load_experiment_data(cfg)
+    spec = ModelSpec.from_config(cfg.model, data.input_shape, data.num_classes)
+    _check_client_sizes(cfg, data)
+    return Prepared(data, spec, _sample_plans(cfg, data))
+
+
+def _check_client_sizes(cfg: Config, data: FederatedData) -> None:
+    empty = [cid for cid, c in enumerate(data.clients) if len(c.y_train) == 0]
+    if empty:
+        raise DataError(
+            f"data.partitioner='{cfg.data.partitioner}' left {len(empty)} of "
+            f"{len(data.clients)} clients without training data (first: {empty[:5]}); "
+            "use fewer data.num_clients or a larger data.min_partition_size"
+        )
+    if cfg.federation.fraction_evaluate > 0 and sum(len(c.y_test) for c in data.clients) == 0:
+        raise DataError(
+            "no client has local test data (data.test_fraction too small); set "
+            "data.test_fraction > 0 or federation.fraction_evaluate = 0"
+        )
+
+
+def _sample_plans(cfg: Config, data: FederatedData) -> dict[int, SampleDPPlan]:
+    """Every client's DP-SGD plan; a target ε that no noise can meet is a ConfigError."""
+    if not cfg.privacy.sample.enabled:
+        return {}
+    try:
+        return {pid: sample_dp_plan(cfg, len(c.y_train)) for pid, c in enumerate(data.clients)}
+    except ValueError as exc:
+        target = cfg.privacy.sample.target_epsilon
+        raise ConfigError(
+            f"privacy.sample.target_epsilon={target:g} cannot be met at "
+            f"privacy.delta={cfg.privacy.delta:g} with {cfg.rounds} rounds of this "
+            f"training schedule ({exc}); raise the target or train fewer steps") from None

@@ -1,0 +1,131 @@
+"""The strategy registry: each strategy describes itself when it registers.
+
+A registration says everything the rest of the system needs to know without building
+the strategy or importing Flower:
+
+* its **argument schema** (:class:`Arg` per ``federation.strategy_args`` key: type,
+  default, meaning), which the engine's pre-flight checks before any output exists;
+* whether it is **mean-aggregating** (its aggregate is a weighted mean of client
+  updates, possibly followed by a server optimizer), the condition under which
+  client-level DP noise calibrated to the mean is valid;
+* the **paper** it implements.
+
+Opacus-style explicit registry: ``register(name, factory, ...)`` adds an entry,
+re-registering a name is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sandbox.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from flwr.serverapp.strategy import Strategy
+
+    from sandbox.core.config import FederationConfig
+
+#: ``factory(federation_cfg, num_clients, *, weighted_by_key) -> flwr Strategy``
+StrategyFactory = Callable[..., "Strategy"]
+
+_TYPE_NAMES = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One ``federation.strategy_args`` key: its type, the strategy's default, its meaning."""
+
+    type: type
+    default: Any
+    doc: str = ""
+
+    def accepts(self, value: Any) -> bool:
+        if self.type is float:  # TOML writes 1 for 1.0
+            return isinstance(value, int | float) and not isinstance(value, bool)
+        if self.type is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, self.type)
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    """What a registered strategy declares about itself."""
+
+    name: str
+    factory: StrategyFactory = field(repr=False)
+    args: Mapping[str, Arg]
+    mean_aggregating: bool
+    paper: str = ""
+
+
+_REGISTRY: dict[str, StrategyInfo] = {}
+
+
+def register(name: str, factory: StrategyFactory, *, args: Mapping[str, Arg],
+             mean_aggregating: bool, paper: str = "") -> StrategyInfo:
+    """Add a strategy under ``name`` (lower-case); re-registering a name is an error.
+
+    Parameters
+    ----------
+    factory : callable
+        ``factory(federation_cfg, num_clients, *, weighted_by_key)`` returning a Flower
+        ``Strategy``; it receives the validated ``strategy_args`` in ``federation_cfg``.
+    args : mapping of str to Arg
+        Every key ``federation.strategy_args`` may hold for this strategy.
+    mean_aggregating : bool
+        True if the aggregate is a (weighted) mean of client updates, possibly followed by
+        a server optimizer: only then can client-level DP wrap the strategy.
+    paper : str
+        The algorithm's reference.
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"strategy '{name}' is already registered")
+    if name != name.lower():
+        raise ValueError(f"strategy names are lower-case, got '{name}'")
+    entry = StrategyInfo(name, factory, dict(args), mean_aggregating, paper)
+    _REGISTRY[name] = entry
+    return entry
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def mean_aggregating() -> list[str]:
+    """Registered strategies that client-level DP may wrap."""
+    return [name for name in available() if _REGISTRY[name].mean_aggregating]
+
+
+def info(name: str) -> StrategyInfo:
+    if name not in _REGISTRY:
+        raise ConfigError(
+            f"unknown federation.strategy '{name}'; allowed: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
+def check_strategy(cfg: FederationConfig) -> None:
+    """Raise ConfigError unless ``cfg.strategy`` is registered and takes ``strategy_args``."""
+    entry = info(cfg.strategy)
+    unknown = sorted(set(cfg.strategy_args) - set(entry.args))
+    if unknown:
+        raise ConfigError(
+            f"federation.strategy_args: strategy '{entry.name}' does not take {unknown}; "
+            f"allowed: {sorted(entry.args) or 'none'}")
+    for key, value in cfg.strategy_args.items():
+        arg = entry.args[key]
+        if not arg.accepts(value):
+            raise ConfigError(
+                f"federation.strategy_args.{key} = {value!r}: strategy '{entry.name}' needs "
+                f"{_TYPE_NAMES.get(arg.type, arg.type.__name__)} (default {arg.default!r})")
+
+
+def build_strategy(cfg: FederationConfig, num_clients: int, *,
+                   weighted_by_key: str) -> Strategy:
+    """The Flower strategy ``cfg.strategy`` with ``cfg.strategy_args``.
+
+    ``weighted_by_key`` is the reply metric the strategy weights client updates by.
+    """
+    check_strategy(cfg)
+    return _REGISTRY[cfg.strategy].factory(cfg, num_clients, weighted_by_key=weighted_by_key)

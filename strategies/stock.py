@@ -1,0 +1,87 @@
+"""Flower's stock strategies, registered with their argument schemas.
+
+Only strategies whose client side our ClientApp implements are registered (FedProx: the
+trainers add the proximal term for the ``proximal-mu`` the strategy sends). Flower is
+imported when a strategy is built, not here. The declared schemas are Flower 1.42's
+constructor arguments minus the ones the sandbox sets itself (:data:`MANAGED_ARGS`); a
+test checks them against the constructors.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from strategies.registry import Arg, StrategyFactory, register
+
+if TYPE_CHECKING:
+    from flwr.serverapp.strategy import Strategy
+
+    from sandbox.core.config import FederationConfig
+
+#: Constructor arguments set from ``[federation]``, the client count and the wire protocol.
+MANAGED_ARGS = frozenset({
+    "fraction_train", "fraction_evaluate", "min_train_nodes", "min_evaluate_nodes",
+    "min_available_nodes", "weighted_by_key", "arrayrecord_key", "configrecord_key",
+    "train_metrics_aggr_fn", "evaluate_metrics_aggr_fn",
+})
+
+_ETA = "server-side learning rate"
+_ETA_L = "client-side learning rate (Flower only logs it; clients use train.lr)"
+_TAU = "adaptivity: controls the algorithm's degree of adaptability"
+
+
+def stock_factory(class_name: str) -> StrategyFactory:
+    """Factory for a stock ``flwr.serverapp.strategy`` class."""
+
+    def factory(cfg: FederationConfig, num_clients: int, *, weighted_by_key: str) -> Strategy:
+        from flwr.serverapp import strategy as flwr_strategies
+
+        cls = getattr(flwr_strategies, class_name)
+        return cls(
+            fraction_train=cfg.fraction_train,
+            fraction_evaluate=cfg.fraction_evaluate,
+            min_train_nodes=1,
+            min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0,
+            min_available_nodes=num_clients,
+            weighted_by_key=weighted_by_key,
+            **cfg.strategy_args,
+        )
+
+    factory.__doc__ = f"Flower's stock ``{class_name}``."
+    factory.flower_class = class_name  # for the schema test
+    return factory
+
+
+register("fedavg", stock_factory("FedAvg"), args={}, mean_aggregating=True,
+         paper="McMahan et al. 2017, Communication-Efficient Learning of Deep Networks "
+               "from Decentralized Data (AISTATS)")
+register("fedavgm", stock_factory("FedAvgM"), mean_aggregating=True, args={
+    "server_learning_rate": Arg(float, 1.0, "server-side learning rate"),
+    "server_momentum": Arg(float, 0.0, "server-side momentum"),
+}, paper="Hsu, Qi & Brown 2019, Measuring the Effects of Non-Identical Data Distribution "
+         "for Federated Visual Classification")
+register("fedprox", stock_factory("FedProx"), mean_aggregating=True, args={
+    "proximal_mu": Arg(float, 0.0, "weight mu of the clients' proximal term (mu/2)·‖w − w_t‖²"),
+}, paper="Li et al. 2020, Federated Optimization in Heterogeneous Networks (MLSys)")
+_ADAPTIVE = "Reddi et al. 2021, Adaptive Federated Optimization (ICLR)"
+register("fedadam", stock_factory("FedAdam"), mean_aggregating=True, args={
+    "eta": Arg(float, 0.1, _ETA), "eta_l": Arg(float, 0.1, _ETA_L),
+    "beta_1": Arg(float, 0.9, "momentum parameter"),
+    "beta_2": Arg(float, 0.99, "second moment parameter"), "tau": Arg(float, 0.001, _TAU),
+}, paper=_ADAPTIVE)
+register("fedadagrad", stock_factory("FedAdagrad"), mean_aggregating=True, args={
+    "eta": Arg(float, 0.1, _ETA), "eta_l": Arg(float, 0.1, _ETA_L),
+    "tau": Arg(float, 0.001, _TAU),
+}, paper=_ADAPTIVE)
+register("fedyogi", stock_factory("FedYogi"), mean_aggregating=True, args={
+    "eta": Arg(float, 0.01, _ETA), "eta_l": Arg(float, 0.0316, _ETA_L),
+    "beta_1": Arg(float, 0.9, "momentum parameter"),
+    "beta_2": Arg(float, 0.99, "second moment parameter"), "tau": Arg(float, 0.001, _TAU),
+}, paper=_ADAPTIVE)
+register("fedmedian", stock_factory("FedMedian"), args={}, mean_aggregating=False,
+         paper="Yin et al. 2018, Byzantine-Robust Distributed Learning: Towards Optimal "
+               "Statistical Rates (ICML)")
+register("fedtrimmedavg", stock_factory("FedTrimmedAvg"), mean_aggregating=False, args={
+    "beta": Arg(float, 0.2, "fraction cut from each end before averaging"),
+}, paper="Yin et al. 2018, Byzantine-Robust Distributed Learning: Towards Optimal "
+         "Statistical Rates (ICML)")

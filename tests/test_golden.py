@@ -1,0 +1,54 @@
+"""Golden metrics: a change that alters numbers fails here until it is explained.
+
+Each case is a short federation (digits, 4 clients, MLP, 3 rounds). Its per-round
+metrics (``metrics.json``) are compared with ``tests/golden/<case>.json``. When a change
+*should* alter numbers, regenerate the files in the same commit and say why in its
+message::
+
+    GOLDEN_UPDATE=1 nox -s tests -- tests/test_golden.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import sandbox
+from tests.conftest import ROOT, small_overrides
+
+GOLDEN = Path(__file__).parent / "golden"
+DP = {"privacy.sample.enabled": True, "privacy.sample.noise_multiplier": 1.0,
+      "train.local_epochs": 1}
+CASES = {
+    "torch": {"framework": "torch"},
+    "keras": {"framework": "keras"},
+    "torch_partial": {"framework": "torch", "federation.fraction_train": 0.5},
+    "torch_dp_sgd": {"framework": "torch", **DP},
+    "keras_dp_sgd": {"framework": "keras", **DP},
+    "torch_client_dp": {"framework": "torch", "privacy.client.mode": "server_fixed",
+                        "privacy.client.noise_multiplier": 0.1,
+                        "privacy.client.clipping_norm": 5.0},
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_metrics_match_golden(tmp_path, case):
+    cfg = sandbox.load_config(ROOT / "configs" / "quickstart.toml",
+                              small_overrides(tmp_path, **CASES[case]))
+    result = sandbox.run(cfg)
+    produced = json.loads((result.run_dir / "metrics.json").read_text())
+    path = GOLDEN / f"{case}.json"
+    if os.environ.get("GOLDEN_UPDATE") == "1":
+        path.write_text(json.dumps(produced, indent=2) + "\n")
+    expected = json.loads(path.read_text())
+    assert [row["round"] for row in produced] == [row["round"] for row in expected]
+    for got, want in zip(produced, expected, strict=True):
+        assert set(got) == set(want), got["round"]
+        for key, value in want.items():
+            if value is None:
+                assert got[key] is None, (got["round"], key)
+            else:  # float32 training: tolerate the last bits of another CPU's kernels
+                assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (got["round"], key)

@@ -1,0 +1,112 @@
+"""Strategies describe themselves; config validation and the pre-flight ask the registry."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import pytest
+
+import sandbox
+import strategies
+from strategies.registry import Arg
+from strategies.stock import MANAGED_ARGS
+from tests.conftest import ROOT, small_overrides
+
+
+@pytest.mark.parametrize("name", strategies.available())
+def test_declared_schema_matches_flowers_constructor(name):
+    """Every stock registration declares exactly Flower's tunable arguments and defaults."""
+    from flwr.serverapp import strategy as flwr_strategies
+
+    entry = strategies.info(name)
+    cls = getattr(flwr_strategies, entry.factory.flower_class)
+    params = {p.name: p for p in inspect.signature(cls.__init__).parameters.values()
+              if p.name != "self" and p.name not in MANAGED_ARGS}
+    assert set(entry.args) == set(params)
+    for key, arg in entry.args.items():
+        assert arg.default == params[key].default, key
+        assert arg.type is params[key].annotation, key
+    assert entry.paper
+
+
+def test_mean_aggregating_is_declared_not_kept_by_hand():
+    assert strategies.mean_aggregating() == [
+        "fedadagrad", "fedadam", "fedavg", "fedavgm", "fedprox", "fedyogi"]
+
+
+def test_a_new_registration_is_known_to_config_validation(monkeypatch, tmp_path):
+    from strategies import registry
+
+    monkeypatch.setitem(registry._REGISTRY, "myavg", registry.StrategyInfo(  # noqa: SLF001
+        "myavg", strategies.info("fedavg").factory, {"shrink": Arg(float, 1.0)},
+        mean_aggregating=False, paper="test"))
+    cfg = sandbox.load_config(ROOT / "configs" / "quickstart.toml", small_overrides(
+        tmp_path, **{"federation.strategy": "myavg", "federation.strategy_args": {"shrink": 2}}))
+    assert cfg.federation.strategy == "myavg"
+    with pytest.raises(sandbox.ConfigError, match="calibrates noise to a mean"):
+        sandbox.load_config(ROOT / "configs" / "quickstart.toml", small_overrides(
+            tmp_path, **{"federation.strategy": "myavg", "privacy.client.mode": "server_fixed"}))
+
+
+def test_register_rejects_duplicates_and_capitals():
+    with pytest.raises(ValueError, match="already registered"):
+        strategies.register("fedavg", strategies.info("fedavg").factory, args={},
+                            mean_aggregating=True)
+    with pytest.raises(ValueError, match="lower-case"):
+        strategies.register("FedX", strategies.info("fedavg").factory, args={},
+                            mean_aggregating=True)
+
+
+@pytest.mark.parametrize(("overrides", "needle"), [
+    ({"federation.strategy": "fedfoo"}, "unknown federation.strategy 'fedfoo'; allowed: fedadagrad"),
+    ({"federation.strategy_args": {"eta": 0.1}},
+     "strategy 'fedavg' does not take ['eta']; allowed: none"),
+    ({"federation.strategy": "fedadam", "federation.strategy_args": {"eta": "fast"}},
+     "federation.strategy_args.eta = 'fast': strategy 'fedadam' needs a number"),
+    ({"federation.strategy": "fedmedian", "privacy.client.mode": "server_fixed"},
+     "federation.strategy 'fedmedian' is not one"),
+])
+def test_registry_errors_name_key_and_allowed(tmp_path, overrides, needle):
+    with pytest.raises(sandbox.ConfigError) as caught:
+        sandbox.load_config(ROOT / "configs" / "quickstart.toml",
+                            small_overrides(tmp_path, **overrides))
+    assert needle in str(caught.value)
+
+
+@pytest.mark.parametrize(("overrides", "needle"), [
+    (["federation.strategy_args={beta=1}"], "strategy 'fedavg' does not take ['beta']"),
+    (["privacy.sample.enabled=true", "privacy.sample.target_epsilon=0.0001",
+      "privacy.delta=1e-9"], "privacy.sample.target_epsilon=0.0001 cannot be met"),
+    (["model.arch=cnn", "data.dataset=synthetic"], "model.arch='cnn' needs"),
+])
+def test_preflight_errors_come_before_any_output(tmp_path, overrides, needle):
+    """Exit code 2, one message, and no results directory at all."""
+    out = tmp_path / "results"
+    args = [sys.executable, "-m", "sandbox", "run", str(ROOT / "configs" / "quickstart.toml"),
+            "--quiet", "--set", f"output.dir={out}"]
+    for item in overrides:
+        args += ["--set", item]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_preflight_returns_what_the_run_reuses(small):
+    prepared = sandbox.preflight(small(**{"privacy.sample.enabled": True}))
+    assert len(prepared.data.clients) == 4 and len(prepared.sample_plans) == 4
+    assert prepared.spec.num_classes == 10
+
+
+def test_config_docs_list_every_strategy_and_argument():
+    docs = (ROOT / "configs" / "README.md").read_text()
+    for name in strategies.available():
+        entry = strategies.info(name)
+        row = next((line for line in docs.splitlines() if line.startswith(f"| `{name}` |")), "")
+        assert row, f"configs/README.md has no row for strategy {name}"
+        assert ("| yes |" in row) == entry.mean_aggregating, row
+        for key, arg in entry.args.items():
+            assert f"`{key}` ({arg.default})" in row, (name, key)
