@@ -8,6 +8,8 @@ the strategy or importing Flower:
 * whether it is **mean-aggregating** (its aggregate is a weighted mean of client
   updates, possibly followed by a server optimizer), the condition under which
   client-level DP noise calibrated to the mean is valid;
+* whether its client update works under **sample-level DP-SGD** (a proximal term, for
+  one, would be clipped and noised together with the data gradients);
 * the **paper** it implements.
 
 Opacus-style explicit registry: ``register(name, factory, ...)`` adds an entry,
@@ -58,13 +60,14 @@ class StrategyInfo:
     args: Mapping[str, Arg]
     mean_aggregating: bool
     paper: str = ""
+    sample_dp: bool = True
 
 
 _REGISTRY: dict[str, StrategyInfo] = {}
 
 
 def register(name: str, factory: StrategyFactory, *, args: Mapping[str, Arg],
-             mean_aggregating: bool, paper: str = "") -> StrategyInfo:
+             mean_aggregating: bool, paper: str = "", sample_dp: bool = True) -> StrategyInfo:
     """Add a strategy under ``name`` (lower-case); re-registering a name is an error.
 
     Parameters
@@ -79,12 +82,14 @@ def register(name: str, factory: StrategyFactory, *, args: Mapping[str, Arg],
         a server optimizer: only then can client-level DP wrap the strategy.
     paper : str
         The algorithm's reference.
+    sample_dp : bool
+        False if the strategy's client update cannot run under sample-level DP-SGD.
     """
     if name in _REGISTRY:
         raise ValueError(f"strategy '{name}' is already registered")
     if name != name.lower():
         raise ValueError(f"strategy names are lower-case, got '{name}'")
-    entry = StrategyInfo(name, factory, dict(args), mean_aggregating, paper)
+    entry = StrategyInfo(name, factory, dict(args), mean_aggregating, paper, sample_dp)
     _REGISTRY[name] = entry
     return entry
 

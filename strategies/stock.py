@@ -60,7 +60,8 @@ register("fedavgm", stock_factory("FedAvgM"), mean_aggregating=True, args={
     "server_momentum": Arg(float, 0.0, "server-side momentum"),
 }, paper="Hsu, Qi & Brown 2019, Measuring the Effects of Non-Identical Data Distribution "
          "for Federated Visual Classification")
-register("fedprox", stock_factory("FedProx"), mean_aggregating=True, args={
+# The proximal term's gradient would be clipped and noised with the data gradients.
+register("fedprox", stock_factory("FedProx"), mean_aggregating=True, sample_dp=False, args={
     "proximal_mu": Arg(float, 0.0, "weight mu of the clients' proximal term (mu/2)·‖w − w_t‖²"),
 }, paper="Li et al. 2020, Federated Optimization in Heterogeneous Networks (MLSys)")
 _ADAPTIVE = "Reddi et al. 2021, Adaptive Federated Optimization (ICLR)"

@@ -148,8 +148,8 @@ cfg = sandbox.load_config("configs/quickstart.toml", small_overrides(Path({tmp!r
 try:
     sandbox.run(cfg, callbacks=[stop])
     outcome = "finished"
-except RunPruned as exc:
-    outcome = "pruned"
+except sandbox.RunFailed as exc:
+    outcome = exc.stop_reason.value
 print(json.dumps({{"outcome": outcome,
                    "dirs": [p.name for p in (Path({tmp!r}) / "results").iterdir()]}}))
 """

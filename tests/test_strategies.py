@@ -60,13 +60,16 @@ def test_register_rejects_duplicates_and_capitals():
 
 
 @pytest.mark.parametrize(("overrides", "needle"), [
-    ({"federation.strategy": "fedfoo"}, "unknown federation.strategy 'fedfoo'; allowed: fedadagrad"),
+    ({"federation.strategy": "fedfoo"},
+     "unknown federation.strategy 'fedfoo'; allowed: fedadagrad"),
     ({"federation.strategy_args": {"eta": 0.1}},
      "strategy 'fedavg' does not take ['eta']; allowed: none"),
     ({"federation.strategy": "fedadam", "federation.strategy_args": {"eta": "fast"}},
      "federation.strategy_args.eta = 'fast': strategy 'fedadam' needs a number"),
     ({"federation.strategy": "fedmedian", "privacy.client.mode": "server_fixed"},
      "federation.strategy 'fedmedian' is not one"),
+    ({"federation.strategy": "fedprox", "privacy.sample.enabled": True},
+     "federation.strategy='fedprox' with privacy.sample.enabled is not supported"),
 ])
 def test_registry_errors_name_key_and_allowed(tmp_path, overrides, needle):
     with pytest.raises(sandbox.ConfigError) as caught:

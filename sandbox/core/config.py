@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sandbox.core.errors import ConfigError
+from sandbox.core.tomlio import dict_to_toml
 
 Framework = Literal["torch", "keras"]
 Backend = Literal["inline", "ray"]
@@ -235,10 +236,6 @@ class Config(_Section):
             )
         if self.privacy.client.mode != "off":
             _check_client_dp(self)
-        if self.privacy.sample.enabled and self.federation.strategy == "fedprox":
-            raise ValueError(
-                "federation.strategy='fedprox' with privacy.sample.enabled is not supported "
-                "(the proximal term would be clipped with the data gradients)")
         if self.privacy.sample.enabled and self.model.dropout:
             raise ValueError(
                 "privacy.sample.enabled needs model.dropout = 0 "
@@ -264,8 +261,6 @@ class Config(_Section):
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def to_toml(self) -> str:
-        from sandbox.core.tomlio import dict_to_toml
-
         return dict_to_toml(self.to_dict())
 
 

@@ -64,12 +64,18 @@ def validate_config(raw: dict[str, Any], *, source: str = "config") -> Config:
 def check_config(cfg: Config) -> None:
     """The checks that ask the strategy registry."""
     strategies.check_strategy(cfg.federation)
+    entry = strategies.info(cfg.federation.strategy)
     mode = cfg.privacy.client.mode
-    if mode != "off" and not strategies.info(cfg.federation.strategy).mean_aggregating:
+    if mode != "off" and not entry.mean_aggregating:
         raise ConfigError(
             f"privacy.client.mode='{mode}' calibrates noise to a mean of client updates; "
-            f"federation.strategy '{cfg.federation.strategy}' is not one; "
+            f"federation.strategy '{entry.name}' is not one; "
             f"allowed: {', '.join(strategies.mean_aggregating())}")
+    if cfg.privacy.sample.enabled and not entry.sample_dp:
+        allowed = [n for n in strategies.available() if strategies.info(n).sample_dp]
+        raise ConfigError(
+            f"federation.strategy='{entry.name}' with privacy.sample.enabled is not supported "
+            f"(its client update does not fit DP-SGD); allowed: {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
