@@ -2,11 +2,14 @@
 
 The loop is Optuna's ask-and-tell interface rather than ``study.optimize`` so that
 
-* every trial's sampler randomness is re-seeded from (study seed, number of finished
-  trials): a study killed and resumed proposes the same parameters as an uninterrupted
-  one (TPE, Random, NSGA-II, GP; CMA-ES keeps its own state in the storage);
-* trials left RUNNING by a killed process are marked FAIL ("interrupted") on ``--resume``
-  and their parameters are enqueued again, so no trial is lost;
+* every trial is asked from a fresh sampler seeded from (study seed, slot), the slot being
+  the number of finished trials: samplers keep their history in the storage, so a study
+  killed and resumed proposes the same parameters as an uninterrupted one (TPE, Random,
+  NSGA-II, GP; not CMA-ES, which also seeds each trial from its trial *number*);
+* Hyperband brackets follow the slot too (:mod:`search.hyperband`);
+* trials left RUNNING by a killed process are marked FAIL on ``--resume``, listed in the
+  study user attribute ``interrupted_trials`` and their parameters are enqueued again, so
+  no trial is lost;
 * a failing experiment is told as FAIL with its reason (``fail_reason`` user attr) and the
   study goes on;
 * the study stops at ``n_trials`` finished trials, at the client-round budget, or when
@@ -20,7 +23,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox.errors import ConfigError, RunPruned
+from sandbox.core.errors import ConfigError, RunPruned
+from sandbox.core.results import StopReason
 from search.objective import TrialOutcome, config_reason, run_trial, trial_ledger
 
 if TYPE_CHECKING:
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
     from search.config import Study
 
 INTERRUPTED = "interrupted"
+# Study user attribute: numbers of the trials a killed process left RUNNING.
+INTERRUPTED_TRIALS = "interrupted_trials"
 
 
 def storage_url(study: Study) -> str:
@@ -52,10 +58,11 @@ def make_storage(study: Study):
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
-def make_sampler(study: Study):
+def make_sampler(study: Study, *, seed: int | None = None):
+    """The study's sampler, seeded with ``seed`` (default: the study seed)."""
     import optuna
 
-    seed = study.settings.seed
+    seed = study.settings.seed if seed is None else seed
     name = study.settings.sampler
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
@@ -70,6 +77,7 @@ def make_sampler(study: Study):
 
 
 def make_pruner(study: Study):
+    """The study's pruner; it judges the accuracy reported after every round."""
     import optuna
 
     rounds = study.base.rounds
@@ -79,37 +87,21 @@ def make_pruner(study: Study):
     if name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if name == "hyperband":
-        return _slot_hyperband(optuna)(min_resource=1, max_resource=rounds,
-                                       reduction_factor=study.settings.hyperband_factor)
+        from search.hyperband import SlotHyperbandPruner
+
+        # Brackets by slot, interrupted trials left out: resume prunes like a straight run.
+        return SlotHyperbandPruner(min_resource=1, max_resource=rounds,
+                                   reduction_factor=study.settings.hyperband_factor,
+                                   slot_attr="slot", exclude_attr=INTERRUPTED_TRIALS)
     return optuna.pruners.NopPruner()
 
 
-def _slot_hyperband(optuna):
-    """Hyperband whose bracket follows the trial's slot, not its number.
-
-    Optuna picks a trial's bracket from a hash of (study name, trial number). A trial
-    re-run after an interruption gets a new number; keyed on its *slot* (the number of
-    finished trials when it was asked) it lands in the same bracket as in an uninterrupted
-    study, which keeps pruning decisions, and so the study, identical under resume.
-    """
-    import copy
-
-    class SlotHyperbandPruner(optuna.pruners.HyperbandPruner):
-        def _get_bracket_id(self, study, trial):
-            slot = trial.user_attrs.get("slot")
-            if slot is not None and slot != trial.number:
-                trial = copy.copy(trial)
-                trial.number = int(slot)
-            return super()._get_bracket_id(study, trial)
-
-    return SlotHyperbandPruner
-
-
-def open_study(study: Study, *, create: bool) -> optuna.Study:
+def open_study(study: Study, *, create: bool, storage=None) -> optuna.Study:
+    """Create or load the study, in ``storage`` (default: a new one from the settings)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = make_storage(study)
+    storage = make_storage(study) if storage is None else storage
     kwargs = {"study_name": study.settings.name, "storage": storage,
               "sampler": make_sampler(study), "pruner": make_pruner(study)}
     if create:
@@ -138,17 +130,26 @@ def target_trials(study: Study, optuna_study: optuna.Study) -> int:
     return int(optuna_study.user_attrs.get("n_trials_drawn", study.settings.n_trials))
 
 
+def interrupted_trials(optuna_study: optuna.Study) -> set[int]:
+    """Numbers of the trials a killed process left RUNNING (marked FAIL on resume)."""
+    return {int(n) for n in optuna_study.user_attrs.get(INTERRUPTED_TRIALS, [])}
+
+
 def recover_interrupted(optuna_study: optuna.Study) -> list[int]:
     """Mark trials a killed process left RUNNING as FAIL and enqueue their parameters."""
     from optuna.trial import TrialState
 
-    recovered = []
-    for trial in optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        optuna_study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", INTERRUPTED)
+    running = optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    recovered = [t.number for t in running]
+    if not recovered:
+        return []
+    # Recorded before they are told FAIL, so they never count as finished trials.
+    optuna_study.set_user_attr(INTERRUPTED_TRIALS,
+                               sorted(interrupted_trials(optuna_study) | set(recovered)))
+    for trial in running:
         optuna_study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         if trial.params:
             optuna_study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-        recovered.append(trial.number)
     return recovered
 
 
@@ -157,8 +158,9 @@ def finished_trials(optuna_study: optuna.Study) -> list:
     from optuna.trial import TrialState
 
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    interrupted = interrupted_trials(optuna_study)
     return [t for t in optuna_study.get_trials(deepcopy=False, states=done)
-            if t.user_attrs.get("fail_reason") != INTERRUPTED]
+            if t.number not in interrupted]
 
 
 def _slot_seed(seed: int, slot: int) -> int:
@@ -168,44 +170,36 @@ def _slot_seed(seed: int, slot: int) -> int:
     return int(np.random.SeedSequence([seed, slot]).generate_state(1)[0])
 
 
-def _reseed(sampler, seed: int) -> None:
-    """Seed every random state a sampler (and its sub-samplers) holds."""
-    import numpy as np
-    from optuna.samplers import BaseSampler
-
-    seen: set[int] = set()
-
-    def visit(obj: Any, depth: int) -> None:
-        if id(obj) in seen or depth > 3:
-            return
-        seen.add(id(obj))
-        for value in vars(obj).values():
-            if isinstance(value, np.random.RandomState):
-                value.seed(seed % 2**32)
-            elif hasattr(value, "rng") and isinstance(value.rng, np.random.RandomState):
-                value.rng.seed(seed % 2**32)  # optuna's LazyRandomState
-            elif isinstance(value, np.random.Generator):
-                value.bit_generator.state = np.random.PCG64(seed).state
-            elif isinstance(value, BaseSampler):
-                visit(value, depth + 1)
-
-    visit(sampler, 0)
-
-
 class OptunaSearch:
-    """Run (a share of) a study in this process."""
+    """Run (a share of) a study in this process.
 
-    def __init__(self, study: Study, optuna_study: optuna.Study, *, quota: int | None = None,
-                 progress: bool = True) -> None:
+    Parameters
+    ----------
+    study : Study
+        The parsed study file.
+    optuna_study : optuna.Study
+        The study, opened on ``storage``.
+    storage : optuna.storages.BaseStorage
+        The storage object ``optuna_study`` was opened on; every trial's own study
+        object (with its fresh sampler) is loaded from it.
+    quota : int or None
+        Most trials this process starts.
+    progress : bool
+        Print one line per trial.
+    """
+
+    def __init__(self, study: Study, optuna_study: optuna.Study, storage, *,
+                 quota: int | None = None, progress: bool = True) -> None:
         self.study = study
         self.optuna_study = optuna_study
+        self.storage = storage
         self.quota = quota
         self.progress = progress
         self._started = 0
         self.stop_reason = ""
 
     def _spent_ledger(self):
-        from sandbox.privacy import PrivacyLedger
+        from sandbox.core.privacy import PrivacyLedger
 
         ledgers = [led for t in finished_trials(self.optuna_study)
                    if (led := trial_ledger(t.user_attrs.get("run_dir", ""))) is not None]
@@ -239,12 +233,26 @@ class OptunaSearch:
         while not self._should_stop():
             self._started += 1
             slot = len(finished_trials(self.optuna_study))
-            _reseed(self.optuna_study.sampler, _slot_seed(self.study.settings.seed, slot))
-            trial = self.optuna_study.ask()
+            slot_study = self.slot_study(slot)
+            trial = slot_study.ask()
             trial.set_user_attr("slot", slot)
-            self._run_one(trial)
+            self._run_one(slot_study, trial)
 
-    def _run_one(self, trial: optuna.Trial) -> None:
+    def slot_study(self, slot: int) -> optuna.Study:
+        """The study with a fresh sampler seeded for ``slot``, to ask and tell one trial.
+
+        Samplers keep their history in the storage, so a fresh one per trial proposes
+        from the same data as a long-lived one, and its randomness depends only on
+        (study seed, slot): a resumed study proposes like an uninterrupted one.
+        """
+        import optuna
+
+        seed = _slot_seed(self.study.settings.seed, slot)
+        return optuna.load_study(study_name=self.optuna_study.study_name, storage=self.storage,
+                                 sampler=make_sampler(self.study, seed=seed),
+                                 pruner=self.optuna_study.pruner)
+
+    def _run_one(self, slot_study: optuna.Study, trial: optuna.Trial) -> None:
         from optuna.trial import TrialState
 
         study, settings = self.study, self.study.settings
@@ -266,17 +274,18 @@ class OptunaSearch:
             trial.set_user_attr("epsilon", outcome.epsilon)
         if settings.epsilon_max:  # feasible iff ε <= epsilon_max (TPE, GP, NSGA-II use it)
             trial.set_constraint("epsilon", min(outcome.epsilon, 1e12) - settings.epsilon_max)
-        if "budget" in outcome.reason and "stopped after" in outcome.reason:
+        trial.set_user_attr("stop_reason", outcome.stop_reason.value)
+        if outcome.stop_reason is StopReason.BUDGET:
             trial.set_user_attr("budget_stop", True)
         if outcome.status == "failed":
             trial.set_user_attr("fail_reason", outcome.reason)
-            self.optuna_study.tell(trial, state=TrialState.FAIL)
+            slot_study.tell(trial, state=TrialState.FAIL)
         elif outcome.status == "pruned":
-            self.optuna_study.tell(trial, state=TrialState.PRUNED)
+            slot_study.tell(trial, state=TrialState.PRUNED)
         else:
             objective_values = [outcome.value(o) for o in settings.objectives]
-            self.optuna_study.tell(trial, objective_values if len(objective_values) > 1
-                                   else objective_values[0])
+            slot_study.tell(trial, objective_values if len(objective_values) > 1
+                            else objective_values[0])
         if self.progress:
             print(f"trial {trial.number:3d} {outcome.status:8s} acc "
                   f"{outcome.accuracy:.4f} rounds {outcome.rounds_completed:3d} "
@@ -306,7 +315,9 @@ def run_worker(study_path: str, overrides: dict[str, Any], quota: int | None) ->
 
     study = Study(study_path, overrides)
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    OptunaSearch(study, open_study(study, create=False), quota=quota).run()
+    storage = make_storage(study)
+    OptunaSearch(study, open_study(study, create=False, storage=storage), storage,
+                 quota=quota).run()
 
 
 def run_optuna(study: Study, *, resume: bool, study_path: Path,
@@ -315,7 +326,8 @@ def run_optuna(study: Study, *, resume: bool, study_path: Path,
     import multiprocessing
 
     study.directory.mkdir(parents=True, exist_ok=True)
-    optuna_study = open_study(study, create=not resume)
+    storage = make_storage(study)
+    optuna_study = open_study(study, create=not resume, storage=storage)
     if resume:
         recovered = recover_interrupted(optuna_study)
         if recovered:
@@ -323,7 +335,7 @@ def run_optuna(study: Study, *, resume: bool, study_path: Path,
     workers = study.settings.workers
     remaining = max(target_trials(study, optuna_study) - len(finished_trials(optuna_study)), 0)
     if workers == 1:
-        search = OptunaSearch(study, optuna_study)
+        search = OptunaSearch(study, optuna_study, storage)
         search.run()
         return optuna_study, search.stop_reason
     shares = [remaining // workers + (i < remaining % workers) for i in range(workers)]
@@ -332,7 +344,7 @@ def run_optuna(study: Study, *, resume: bool, study_path: Path,
                  for share in shares[1:]]
     for process in processes:
         process.start()
-    search = OptunaSearch(study, optuna_study, quota=shares[0])
+    search = OptunaSearch(study, optuna_study, storage, quota=shares[0])
     search.run()
     for process in processes:
         process.join()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search.objective import trial_ledger
+from search.optuna_backend import INTERRUPTED, interrupted_trials
 
 if TYPE_CHECKING:
     import optuna
@@ -54,7 +55,7 @@ def write_report(study: Study, optuna_study: optuna.Study, *, stop_reason: str =
     out = study.directory
     out.mkdir(parents=True, exist_ok=True)
     trials = optuna_study.get_trials(deepcopy=False)
-    _write_trials_csv(study, trials, out / "trials.csv")
+    _write_trials_csv(study, trials, out / "trials.csv", interrupted_trials(optuna_study))
     best = best_trial(study, optuna_study)
     if best is not None and best.user_attrs.get("run_dir"):
         run_dir = Path(best.user_attrs["run_dir"])
@@ -91,7 +92,8 @@ def write_report(study: Study, optuna_study: optuna.Study, *, stop_reason: str =
     return out
 
 
-def _write_trials_csv(study: Study, trials, path: Path) -> None:
+def _write_trials_csv(study: Study, trials, path: Path, interrupted: set[int]) -> None:
+    """One row per trial; interrupted trials (FAIL) give ``interrupted`` as fail_reason."""
     params = [p.name for p in study.space.params]
     attrs = ["rounds_completed", "client_rounds", "client_compute", "epsilon", "fail_reason",
              "reason", "run_dir"]
@@ -103,15 +105,17 @@ def _write_trials_csv(study: Study, trials, path: Path) -> None:
             values = list(t.values) if t.values else [t.user_attrs.get("accuracy")] + [None] * (
                 len(study.settings.objectives) - 1)
             duration = t.duration.total_seconds() if t.duration else None
+            row = {a: t.user_attrs.get(a) for a in attrs}
+            if t.number in interrupted:
+                row["fail_reason"] = INTERRUPTED
             writer.writerow([t.number, t.state.name, *values,
-                             *(t.params.get(p) for p in params),
-                             *(t.user_attrs.get(a) for a in attrs), duration])
+                             *(t.params.get(p) for p in params), *row.values(), duration])
 
 
 def privacy_cost(study: Study, optuna_study: optuna.Study) -> dict[str, Any]:
     """Composed ε of every trial that touched the data, the naive sum, and PS22 if it applies."""
-    from sandbox.privacy import PrivacyLedger
-    from sandbox.privacy.tuning import random_stopping_epsilon
+    from sandbox.core.privacy import PrivacyLedger
+    from sandbox.core.privacy.tuning import random_stopping_epsilon
 
     ledgers, names = [], []
     for t in optuna_study.get_trials(deepcopy=False):

@@ -232,8 +232,18 @@ def test_sigkill_and_resume_loses_no_trial_and_matches_uninterrupted(tmp_path):
     for number, params in finished_before.items():  # nothing finished was lost
         assert after[number].params == params and after[number].state.is_finished()
     assert not [t for t in after if t.state.name == "RUNNING"]
-    counted = [t for t in after if t.user_attrs.get("fail_reason") != "interrupted"]
-    assert len(counted) == 12
+    interrupted = set(optuna.load_study(study_name="same", storage=url).user_attrs.get(
+        "interrupted_trials", []))
+    counted = sorted((t for t in after if t.number not in interrupted),
+                     key=lambda t: t.user_attrs["slot"])
+    assert [t.user_attrs["slot"] for t in counted] == list(range(12))
+    straight = optuna.load_study(
+        study_name="same", storage=f"sqlite:///{tmp_path / 'a' / 'out' / 'same' / 'study.db'}")
+    # Same proposals and same pruning decisions, slot by slot.
+    assert [(t.params, t.state, t.last_step) for t in counted] == [
+        (t.params, t.state, t.last_step) for t in straight.get_trials()]
+    rows = read_trials(tmp_path / "b" / "out" / "same")
+    assert {int(r["number"]) for r in rows if r["fail_reason"] == "interrupted"} == interrupted
     ref = json.loads((tmp_path / "a" / "out" / "same" / "summary.json").read_text())
     res = json.loads((tmp_path / "b" / "out" / "same" / "summary.json").read_text())
     assert res["best"]["values"] == ref["best"]["values"]
