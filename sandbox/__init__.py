@@ -24,6 +24,7 @@ _EXPORTS = {
     "Config": "sandbox.core.config",
     "ConfigError": "sandbox.core.errors",
     "DataError": "sandbox.core.errors",
+    "RunDiverged": "sandbox.core.errors",
     "RunFailed": "sandbox.core.errors",
     "RunPruned": "sandbox.core.errors",
     "SandboxError": "sandbox.core.errors",
@@ -38,7 +39,14 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from sandbox.core.config import Config
-    from sandbox.core.errors import ConfigError, DataError, RunFailed, RunPruned, SandboxError
+    from sandbox.core.errors import (
+        ConfigError,
+        DataError,
+        RunDiverged,
+        RunFailed,
+        RunPruned,
+        SandboxError,
+    )
     from sandbox.core.results import RunResult, StopReason
     from sandbox.engine.api import run
     from sandbox.engine.preflight import load_config, preflight, validate_config
@@ -58,7 +66,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Config", "ConfigError", "DataError", "RunFailed", "RunPruned", "RunResult",
+    "Config", "ConfigError", "DataError", "RunDiverged", "RunFailed", "RunPruned", "RunResult",
     "SandboxError", "StopReason", "load_config", "preflight", "run", "run_sweep",
     "validate_config",
 ]

@@ -66,12 +66,12 @@ def _run(args) -> int:
     from sandbox.engine.preflight import load_config
 
     overrides = list(args.overrides)
-    if getattr(args, "quiet", False):
+    if args.command == "show-config":
+        print(load_config(args.config, overrides).to_toml(), end="")
+        return 0
+    if args.quiet:
         overrides.append("output.progress=false")
     cfg = load_config(args.config, overrides)
-    if args.command == "show-config":
-        print(cfg.to_toml(), end="")
-        return 0
     from sandbox.engine.api import run
 
     result = run(cfg)
@@ -126,7 +126,7 @@ def print_summary(cfg, result) -> None:
         table.add_row(f"ε at δ={cfg.privacy.delta:g} ({cfg.privacy.accountant})",
                       f"{result.epsilon:.4g}")
     table.add_row("stopped", result.stop_reason.value if result.stopped_early is None
-                  else f"{result.stop_reason.value}: {result.stopped_early['reason']}")
+                  else f"{result.stop_reason.value}: {result.stopped_early.reason}")
     table.add_row("wall time (s)", f"{result.wall_s:.1f}")
     table.add_row("config hash", result.config_hash)
     table.add_row("run directory", str(result.run_dir))

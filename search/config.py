@@ -82,7 +82,8 @@ class Study:
         except ValidationError as exc:
             lines = [describe_error(e, StudyConfig).replace("  ", "  study.", 1)
                      for e in exc.errors()]
-            raise ConfigError(f"{self.path}: invalid [study]\n" + "\n".join(lines)) from None
+            raise ConfigError(f"{self.path}: invalid [study]\n" + "\n".join(lines),
+                              problems=[line.strip() for line in lines]) from None
         base = load_config(self._resolve(self.settings.experiment)
                            if self.settings.experiment else None)
         self.base_raw = base.model_dump(mode="json", exclude_none=True)

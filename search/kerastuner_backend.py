@@ -19,7 +19,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras_tuner  # noqa: E402
 
 from sandbox.core.errors import ConfigError  # noqa: E402
-from search.objective import TrialOutcome, config_reason, run_trial  # noqa: E402
+from search.objective import TrialOutcome, run_trial  # noqa: E402
 
 if TYPE_CHECKING:
     import optuna
@@ -51,7 +51,7 @@ class FederatedTuner(keras_tuner.Tuner):
             cfg = self.study.trial_config(values, rounds=rounds,
                                           name=f"kt{trial.trial_id}")
         except ConfigError as exc:
-            outcome = TrialOutcome("failed", reason=config_reason(exc))
+            outcome = TrialOutcome.invalid(exc)
         else:
             outcome = run_trial(cfg)
         self._record(values, outcome, trial.trial_id, rounds)

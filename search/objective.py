@@ -25,9 +25,14 @@ if TYPE_CHECKING:
     from sandbox.core.config import Config
 
 
+#: TrialOutcome.status by the run's stop reason (budget-stopped trials trained: complete).
+STATUS = {StopReason.FINISHED: "complete", StopReason.BUDGET: "complete",
+          StopReason.PRUNED: "pruned"}
+
+
 @dataclass
 class TrialOutcome:
-    status: str  # "complete" | "pruned" | "failed"
+    stop_reason: StopReason
     accuracy: float = float("nan")
     epsilon: float = float("inf")  # the run's ε (RunResult.epsilon); inf without DP
     client_compute: float = 0.0  # million per-example gradient computations
@@ -35,8 +40,17 @@ class TrialOutcome:
     rounds_completed: int = 0
     run_dir: str = ""
     reason: str = ""
-    stop_reason: StopReason = StopReason.FINISHED
     accuracy_per_round: list[float] = field(default_factory=list)
+
+    @classmethod
+    def invalid(cls, exc: Exception) -> TrialOutcome:
+        """A trial whose config or data failed validation: nothing ran."""
+        return cls(StopReason.FAILED, reason=config_reason(exc))
+
+    @property
+    def status(self) -> str:
+        """``complete``, ``pruned`` or ``failed``: the trial's state for the search backend."""
+        return STATUS.get(self.stop_reason, "failed")
 
     def value(self, objective: str) -> float:
         return float(getattr(self, objective))
@@ -74,31 +88,28 @@ def run_trial(
         compute_per_round, sampled = client_work(cfg)
         result = run(cfg, callbacks=[on_round], prior_ledger=prior_ledger)
     except SandboxError as exc:  # found by the pre-flight check: nothing ran
-        return TrialOutcome("failed", reason=config_reason(exc),
-                            stop_reason=StopReason.FAILED)
+        return TrialOutcome.invalid(exc)
     except RunFailed as exc:
         done = len(accuracies)
         pruned = exc.stop_reason is StopReason.PRUNED
         reason = str(exc.cause) if pruned else f"{type(exc.cause).__name__}: {exc.cause}"
-        return TrialOutcome("pruned" if pruned else "failed",
+        return TrialOutcome(exc.stop_reason,
                             accuracies[-1] if pruned and accuracies else float("nan"),
                             client_compute=compute_per_round * done,
                             client_rounds=sampled * done, rounds_completed=done,
                             run_dir=str(exc.run_dir), reason=reason.splitlines()[0],
-                            accuracy_per_round=accuracies, stop_reason=exc.stop_reason)
+                            accuracy_per_round=accuracies)
     done = result.rounds[-1]["round"]
-    return TrialOutcome("complete", result.final["central_accuracy"],
+    return TrialOutcome(result.stop_reason, result.final["central_accuracy"],
                         math.inf if result.epsilon is None else result.epsilon,
                         compute_per_round * done, sampled * done, done,
                         str(result.run_dir), accuracy_per_round=accuracies,
-                        reason=(result.stopped_early or {}).get("reason", ""),
-                        stop_reason=result.stop_reason)
+                        reason=result.stopped_early.reason if result.stopped_early else "")
 
 
-def config_reason(exc: Exception) -> str:
-    """One-line reason from a (possibly multi-line) ConfigError or DataError."""
-    lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
-    return "invalid trial config: " + ("; ".join(lines) or str(exc))
+def config_reason(exc: SandboxError) -> str:
+    """One line from a ConfigError or DataError: its problems, joined."""
+    return "invalid trial config: " + "; ".join(exc.problems)
 
 
 def trial_ledger(run_dir: str) -> PrivacyLedger | None:

@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from sandbox.core.errors import ConfigError, RunPruned
 from sandbox.core.results import StopReason
-from search.objective import TrialOutcome, config_reason, run_trial, trial_ledger
+from search.objective import TrialOutcome, run_trial, trial_ledger
 
 if TYPE_CHECKING:
     import optuna
 
     from search.config import Study
 
-INTERRUPTED = "interrupted"
+INTERRUPTED = StopReason.INTERRUPTED.value
 # Study user attribute: numbers of the trials a killed process left RUNNING.
 INTERRUPTED_TRIALS = "interrupted_trials"
 
@@ -264,7 +264,7 @@ class OptunaSearch:
                 cfg = cfg.model_copy(update={"privacy": cfg.privacy.model_copy(
                     update={"budget_epsilon": settings.privacy_budget})})
         except ConfigError as exc:
-            outcome = TrialOutcome("failed", reason=config_reason(exc))
+            outcome = TrialOutcome.invalid(exc)
         else:
             outcome = run_trial(cfg, report=self._reporter(trial), prior_ledger=prior)
         for key in ("accuracy", "client_compute", "client_rounds", "rounds_completed",

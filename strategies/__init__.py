@@ -14,7 +14,7 @@ strategy does.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from strategies import stock as _stock  # noqa: F401 - registers Flower's stock strategies
 from strategies.registry import (
@@ -29,11 +29,28 @@ from strategies.registry import (
 )
 
 if TYPE_CHECKING:
-    from flwr.serverapp.strategy import Strategy
+    from flwr.app import ArrayRecord
+    from flwr.serverapp.strategy import Result, Strategy
 
     from sandbox.core.config import Config
     from sandbox.core.privacy import PrivacyLedger, SampleDPPlan
-    from strategies.privacy import AccountedStrategy
+
+
+class Accounted(Protocol):
+    """What the engine uses of a run's outermost strategy (see :func:`accounted`).
+
+    ``ledger`` holds every DP mechanism applied so far; ``client_reported`` the ε each
+    client's own accountant reported (by partition id); ``result`` the latest global
+    model and aggregated client metrics, kept even when the budget stops the run.
+    ``start`` is Flower's ``Strategy.start``; it raises
+    :class:`~sandbox.core.errors.BudgetExhausted` before a round over budget.
+    """
+
+    ledger: PrivacyLedger
+    client_reported: dict[int, float]
+    result: Result
+
+    def start(self, **kwargs: Any) -> Result: ...
 
 
 def wrap_client_dp(strategy: Strategy, cfg: Config) -> Strategy:
@@ -44,14 +61,17 @@ def wrap_client_dp(strategy: Strategy, cfg: Config) -> Strategy:
 
 
 def accounted(strategy: Strategy, cfg: Config, sample_plans: dict[int, SampleDPPlan], *,
-              source: str = "", prior: PrivacyLedger | None = None) -> AccountedStrategy:
+              initial_arrays: ArrayRecord, source: str = "",
+              prior: PrivacyLedger | None = None) -> Accounted:
     """The outermost wrapper of every run: privacy ledger, budget stop, stop-proof Result."""
     from strategies.privacy import AccountedStrategy
 
-    return AccountedStrategy(strategy, cfg, sample_plans, source=source, prior=prior)
+    return AccountedStrategy(strategy, cfg, sample_plans, initial_arrays=initial_arrays,
+                             source=source, prior=prior)
 
 
 __all__ = [
+    "Accounted",
     "Arg",
     "StrategyInfo",
     "accounted",

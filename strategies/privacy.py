@@ -61,23 +61,26 @@ class AccountedStrategy(Strategy):
         The run's config (privacy section, client count).
     sample_plans : dict of int to SampleDPPlan
         Each client's DP-SGD mechanism per round (empty without sample-level DP).
+    initial_arrays : ArrayRecord
+        The initial global model (the result of a run stopped before its first round).
     prior : PrivacyLedger, optional
         Mechanisms already spent on the same data; the budget check composes them in.
     """
 
     def __init__(self, strategy: Strategy, cfg: Config,
-                 sample_plans: dict[int, SampleDPPlan], *, source: str = "",
-                 prior: PrivacyLedger | None = None) -> None:
+                 sample_plans: dict[int, SampleDPPlan], *, initial_arrays: ArrayRecord,
+                 source: str = "", prior: PrivacyLedger | None = None) -> None:
         super().__init__()
         self.strategy = strategy
         self.cfg = cfg
         self.sample_plans = sample_plans
         self.source = source
-        self.ledger = PrivacyLedger(delta=cfg.privacy.delta)
+        self.ledger = PrivacyLedger(delta=cfg.privacy.delta,
+                                    data_fingerprint=cfg.data_fingerprint())
         # Mechanisms spent earlier on the same data (e.g. previous tuning trials): the
         # budget covers them too.
         self.prior = list(prior.mechanisms) if prior is not None else []
-        self.result = Result()
+        self.result = Result(arrays=initial_arrays)  # what a stop before round 1 returns
         self.client_reported: dict[int, float] = {}
         self._node_partition: dict[int, int] = {}
 

@@ -25,13 +25,21 @@ MANAGED_ARGS = frozenset({
     "train_metrics_aggr_fn", "evaluate_metrics_aggr_fn",
 })
 
+#: Registry name -> Flower 1.42 class in ``flwr.serverapp.strategy``.
+FLOWER_CLASSES = {
+    "fedavg": "FedAvg", "fedavgm": "FedAvgM", "fedprox": "FedProx", "fedadam": "FedAdam",
+    "fedadagrad": "FedAdagrad", "fedyogi": "FedYogi", "fedmedian": "FedMedian",
+    "fedtrimmedavg": "FedTrimmedAvg",
+}
+
 _ETA = "server-side learning rate"
 _ETA_L = "client-side learning rate (Flower only logs it; clients use train.lr)"
 _TAU = "adaptivity: controls the algorithm's degree of adaptability"
 
 
-def stock_factory(class_name: str) -> StrategyFactory:
-    """Factory for a stock ``flwr.serverapp.strategy`` class."""
+def stock_factory(name: str) -> StrategyFactory:
+    """Factory for the stock ``flwr.serverapp.strategy`` class of registry ``name``."""
+    class_name = FLOWER_CLASSES[name]
 
     def factory(cfg: FederationConfig, num_clients: int, *, weighted_by_key: str) -> Strategy:
         from flwr.serverapp import strategy as flwr_strategies
@@ -48,41 +56,40 @@ def stock_factory(class_name: str) -> StrategyFactory:
         )
 
     factory.__doc__ = f"Flower's stock ``{class_name}``."
-    factory.flower_class = class_name  # for the schema test
     return factory
 
 
-register("fedavg", stock_factory("FedAvg"), args={}, mean_aggregating=True,
+register("fedavg", stock_factory("fedavg"), args={}, mean_aggregating=True,
          paper="McMahan et al. 2017, Communication-Efficient Learning of Deep Networks "
                "from Decentralized Data (AISTATS)")
-register("fedavgm", stock_factory("FedAvgM"), mean_aggregating=True, args={
+register("fedavgm", stock_factory("fedavgm"), mean_aggregating=True, args={
     "server_learning_rate": Arg(float, 1.0, "server-side learning rate"),
     "server_momentum": Arg(float, 0.0, "server-side momentum"),
 }, paper="Hsu, Qi & Brown 2019, Measuring the Effects of Non-Identical Data Distribution "
          "for Federated Visual Classification")
 # The proximal term's gradient would be clipped and noised with the data gradients.
-register("fedprox", stock_factory("FedProx"), mean_aggregating=True, sample_dp=False, args={
+register("fedprox", stock_factory("fedprox"), mean_aggregating=True, sample_dp=False, args={
     "proximal_mu": Arg(float, 0.0, "weight mu of the clients' proximal term (mu/2)·‖w − w_t‖²"),
 }, paper="Li et al. 2020, Federated Optimization in Heterogeneous Networks (MLSys)")
 _ADAPTIVE = "Reddi et al. 2021, Adaptive Federated Optimization (ICLR)"
-register("fedadam", stock_factory("FedAdam"), mean_aggregating=True, args={
+register("fedadam", stock_factory("fedadam"), mean_aggregating=True, args={
     "eta": Arg(float, 0.1, _ETA), "eta_l": Arg(float, 0.1, _ETA_L),
     "beta_1": Arg(float, 0.9, "momentum parameter"),
     "beta_2": Arg(float, 0.99, "second moment parameter"), "tau": Arg(float, 0.001, _TAU),
 }, paper=_ADAPTIVE)
-register("fedadagrad", stock_factory("FedAdagrad"), mean_aggregating=True, args={
+register("fedadagrad", stock_factory("fedadagrad"), mean_aggregating=True, args={
     "eta": Arg(float, 0.1, _ETA), "eta_l": Arg(float, 0.1, _ETA_L),
     "tau": Arg(float, 0.001, _TAU),
 }, paper=_ADAPTIVE)
-register("fedyogi", stock_factory("FedYogi"), mean_aggregating=True, args={
+register("fedyogi", stock_factory("fedyogi"), mean_aggregating=True, args={
     "eta": Arg(float, 0.01, _ETA), "eta_l": Arg(float, 0.0316, _ETA_L),
     "beta_1": Arg(float, 0.9, "momentum parameter"),
     "beta_2": Arg(float, 0.99, "second moment parameter"), "tau": Arg(float, 0.001, _TAU),
 }, paper=_ADAPTIVE)
-register("fedmedian", stock_factory("FedMedian"), args={}, mean_aggregating=False,
+register("fedmedian", stock_factory("fedmedian"), args={}, mean_aggregating=False,
          paper="Yin et al. 2018, Byzantine-Robust Distributed Learning: Towards Optimal "
                "Statistical Rates (ICML)")
-register("fedtrimmedavg", stock_factory("FedTrimmedAvg"), mean_aggregating=False, args={
+register("fedtrimmedavg", stock_factory("fedtrimmedavg"), mean_aggregating=False, args={
     "beta": Arg(float, 0.2, "fraction cut from each end before averaging"),
 }, paper="Yin et al. 2018, Byzantine-Robust Distributed Learning: Towards Optimal "
          "Statistical Rates (ICML)")

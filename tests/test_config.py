@@ -125,8 +125,7 @@ def test_cli_data_error_writes_nothing(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_config_validates_and_builds(path):
-    from sandbox.core.data import load_federated_data
-    from sandbox.core.models import ModelSpec
+    from sandbox.engine.preflight import preflight
 
     text = path.read_text()
     if "[study]" in text:
@@ -144,9 +143,8 @@ def test_every_shipped_config_validates_and_builds(path):
     else:
         configs = [load_config(path)]
     for cfg in configs:
-        data = load_federated_data(cfg.data, cfg.seed)
-        ModelSpec.from_config(cfg.model, data.input_shape, data.num_classes)
-        assert len(data.clients) == cfg.data.num_clients
+        prepared = preflight(cfg)
+        assert len(prepared.data.clients) == cfg.data.num_clients
 
 
 def test_sweep_expands_grid_and_baselines(tmp_path):
@@ -164,3 +162,18 @@ def test_sweep_expands_grid_and_baselines(tmp_path):
     bad.write_text('rounds = 3\n')
     with pytest.raises(ConfigError, match=r"\[sweep\] table"):
         load_sweep(bad)
+
+
+def test_sweep_preflights_every_combination_before_writing(tmp_path):
+    """A combination whose DP calibration cannot be met stops the sweep before run 1."""
+    from sandbox.engine.sweep import run_sweep
+
+    out = tmp_path / "out"
+    path = tmp_path / "sweep.toml"
+    path.write_text(f'rounds = 1\n[data]\nnum_clients = 3\n[model]\narch = "mlp"\n'
+                    f'[output]\ndir = "{out}"\n[privacy.sample]\nenabled = true\n'
+                    f'[sweep]\n"privacy.sample.target_epsilon" = [5.0, 1e-6]\n')
+    with pytest.raises(ConfigError, match=r"combination privacy.sample.target_epsilon=1e-06: "
+                                          r".*cannot be met"):
+        run_sweep(path, quiet=True)
+    assert not out.exists()

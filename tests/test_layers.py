@@ -69,3 +69,17 @@ def test_import_sandbox_loads_only_the_core():
                           cwd=ROOT, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_every_core_module_imports_without_frameworks():
+    """The core's rule holds for every module of it, not only those a run reaches."""
+    code = ("import importlib, json, pkgutil, sys, sandbox.core as core\n"
+            "names = [m.name for m in pkgutil.walk_packages(core.__path__, 'sandbox.core.')]\n"
+            "for name in names: importlib.import_module(name)\n"
+            "print(json.dumps({'n': len(names), 'loaded': [m for m in ('torch', 'tensorflow', "
+            "'keras', 'flwr', 'optuna', 'ray', 'keras_tuner', 'opacus') if m in sys.modules]}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["n"] >= 15 and report["loaded"] == []

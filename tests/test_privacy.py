@@ -224,11 +224,13 @@ def test_client_level_dp_reports_epsilon_per_round(small, mode):
 def test_client_dp_wraps_a_real_flower_strategy(small):
     from flwr.serverapp.strategy import DifferentialPrivacyClientSideAdaptiveClipping, FedAdam
 
+    from flwr.app import ArrayRecord
+
     from sandbox.engine.server import build_accounted_strategy
 
     accounted = build_accounted_strategy(small(**{
         "federation.strategy": "fedadam", "privacy.client.mode": "client_adaptive",
-        "privacy.client.clipped_count_stddev": 1.0}))
+        "privacy.client.clipped_count_stddev": 1.0}), ArrayRecord())
     assert isinstance(accounted.strategy, DifferentialPrivacyClientSideAdaptiveClipping)
     assert isinstance(accounted.strategy.strategy, FedAdam)
     assert accounted.strategy.strategy.weighted_by_key == "unit-weight"
@@ -238,14 +240,18 @@ def test_budget_stops_before_the_exceeding_round(small):
     cfg = small(rounds=10, **dp_overrides(**{"privacy.budget_epsilon": 6.0}))
     result = sandbox.run(cfg)
     stop = result.stopped_early
-    assert stop is not None and result.rounds[-1]["round"] == stop["before_round"] - 1 < 10
-    assert stop["projected_epsilon"] > 6.0
+    assert result.stop_reason is sandbox.StopReason.BUDGET
+    assert stop is not None and result.rounds[-1]["round"] == stop.before_round - 1 < 10
+    assert stop.projected_epsilon > 6.0
     assert max(v["rdp"] for v in result.privacy["scopes"].values()) <= 6.0
+    assert result.epsilon == max(v["rdp"] for v in result.privacy["scopes"].values())
+    run_info = json.loads((result.run_dir / "run.json").read_text())
+    assert run_info["stop_reason"] == "budget" and run_info["epsilon"] == result.epsilon
     assert not result.run_dir.name.endswith(".failed")
     saved = np.load(result.run_dir / "weights.npz")
     assert len(saved.files) > 0
     ledger = json.loads((result.run_dir / "privacy.json").read_text())["ledger"]
-    assert max(m["round"] for m in ledger["mechanisms"]) == stop["before_round"] - 1
+    assert max(m["round"] for m in ledger["mechanisms"]) == stop.before_round - 1
 
 
 # -- audits ---------------------------------------------------------------------------------

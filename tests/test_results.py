@@ -73,6 +73,10 @@ def test_failed_run_is_marked_not_published(small, monkeypatch):
     assert caught.value.run_dir == out[0] and isinstance(caught.value.cause, RuntimeError)
     assert caught.value.stop_reason is sandbox.StopReason.FAILED
     assert "client crashed" in (out[0] / "error.txt").read_text()
+    info = json.loads((out[0] / "run.json").read_text())
+    assert info["stop_reason"] == "failed" and info["error"] == "RuntimeError: client crashed"
+    assert info["rounds_completed"] == 0 and (out[0] / "config.toml").is_file()
+    assert json.loads((out[0] / "metrics.json").read_text())[0]["central_accuracy"] == 0.1
 
 
 def test_quickstart_reaches_accuracy_in_both_frameworks(tmp_path):

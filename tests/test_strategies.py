@@ -11,17 +11,17 @@ import pytest
 import sandbox
 import strategies
 from strategies.registry import Arg
-from strategies.stock import MANAGED_ARGS
+from strategies.stock import FLOWER_CLASSES, MANAGED_ARGS
 from tests.conftest import ROOT, small_overrides
 
 
-@pytest.mark.parametrize("name", strategies.available())
+@pytest.mark.parametrize("name", sorted(FLOWER_CLASSES))
 def test_declared_schema_matches_flowers_constructor(name):
     """Every stock registration declares exactly Flower's tunable arguments and defaults."""
     from flwr.serverapp import strategy as flwr_strategies
 
     entry = strategies.info(name)
-    cls = getattr(flwr_strategies, entry.factory.flower_class)
+    cls = getattr(flwr_strategies, FLOWER_CLASSES[name])
     params = {p.name: p for p in inspect.signature(cls.__init__).parameters.values()
               if p.name != "self" and p.name not in MANAGED_ARGS}
     assert set(entry.args) == set(params)

@@ -290,7 +290,8 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> Config:
         return Config.model_validate(raw)
     except ValidationError as exc:
         lines = [describe_error(err) for err in exc.errors()]
-        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from None
+        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines),
+                          problems=[line.strip() for line in lines]) from None
 
 
 def describe_error(err: dict[str, Any], root: type[BaseModel] | None = None) -> str:

@@ -17,7 +17,15 @@ if TYPE_CHECKING:
 
 
 class SandboxError(Exception):
-    """Base class for user-facing errors (bad config, bad data file, bad combination)."""
+    """Base class for user-facing errors (bad config, bad data file, bad combination).
+
+    ``problems`` lists each problem on its own (one per offending key); the message is
+    what the CLI prints.
+    """
+
+    def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems) if problems else [message]
 
 
 class ConfigError(SandboxError):

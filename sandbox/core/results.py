@@ -71,6 +71,16 @@ def run_epsilon(scopes: dict[str, dict[str, float]], accountant: str) -> float |
     return max(values) if values else None
 
 
+@dataclass(frozen=True)
+class BudgetStop:
+    """Where and why ``privacy.budget_epsilon`` stopped a run (before ``before_round``)."""
+
+    before_round: int
+    scope: str
+    projected_epsilon: float
+    reason: str
+
+
 @dataclass
 class RunResult:
     """What :func:`sandbox.run` returns: plain Python data, no framework objects.
@@ -85,8 +95,8 @@ class RunResult:
         :func:`run_epsilon` of the run (``None`` without DP).
     stop_reason : StopReason
         ``FINISHED`` or ``BUDGET`` for a returned result.
-    stopped_early : dict or None
-        Where and why a budget stop happened (round, scope, projected ε).
+    stopped_early : BudgetStop or None
+        Where and why a budget stop happened.
     round_seconds : list of float
         Wall time of each row's round.
     """
@@ -99,7 +109,7 @@ class RunResult:
     privacy: dict[str, Any] = field(default_factory=dict)
     epsilon: float | None = None
     stop_reason: StopReason = StopReason.FINISHED
-    stopped_early: dict[str, Any] | None = None
+    stopped_early: BudgetStop | None = None
     round_seconds: list[float] = field(default_factory=list)
 
     def metric(self, key: str) -> list[float]:

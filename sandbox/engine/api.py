@@ -55,7 +55,9 @@ def run(config: Config, *, callbacks=(), prior_ledger: PrivacyLedger | None = No
     from sandbox.engine.runtime import run_federation
 
     run_dir = RunDirectory(config)
-    recorder = RunRecorder(config, run_dir, callbacks, prior_ledger)
+    tensorboard = run_dir.path / "tensorboard" if config.output.tensorboard else None
+    recorder = RunRecorder(config, tensorboard_dir=tensorboard, callbacks=callbacks,
+                           prior_ledger=prior_ledger)
     try:
         try:
             run_federation(config, recorder)
@@ -63,23 +65,23 @@ def run(config: Config, *, callbacks=(), prior_ledger: PrivacyLedger | None = No
             recorder.stop_progress()
         if recorder.stop_exception is not None:
             raise recorder.stop_exception
-        if recorder.result is None:
+        if not recorder.finished:
             raise RuntimeError(
                 f"the {config.backend} backend finished without a result; see the log above"
             )
+        record = recorder.finish(prepared.spec)
         audits = {}
         if config.privacy.audit.membership or config.privacy.audit.canaries:
             from clients import run_audits
 
-            audits = run_audits(config, prepared.spec, list(
-                recorder.final_weights(prepared.spec).values()))
-        return write_run(run_dir, config, prepared.data, prepared.spec, recorder,
+            audits = run_audits(config, prepared.spec, list(record.weights.values()))
+        return write_run(run_dir, config, prepared.data, record,
                          time.perf_counter() - started, audits)
     except BaseException as exc:
         reason = stop_reason_of(exc)
-        recorder.save_partial()
-        failed = run_dir.fail(exc, reason)
-        if reason is StopReason.INTERRUPTED or not isinstance(exc, Exception):
+        failed = run_dir.fail(config, exc, reason, rows=recorder.rows_so_far(),
+                              ledger=recorder.ledger_so_far())
+        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: not ours to wrap
             exc.add_note(f"partial results kept in {failed}")
             raise
         raise RunFailed(exc, run_dir=failed, stop_reason=reason) from exc

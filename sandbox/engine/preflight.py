@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import strategies
+from sandbox.core import wire
 from sandbox.core.config import Config, parse_config
 from sandbox.core.data import FederatedData
 from sandbox.core.errors import ConfigError, DataError
@@ -57,7 +58,8 @@ def validate_config(raw: dict[str, Any], *, source: str = "config") -> Config:
     try:
         check_config(cfg)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: invalid configuration\n  {exc}") from None
+        raise ConfigError(f"{source}: invalid configuration\n  {exc}",
+                          problems=exc.problems) from None
     return cfg
 
 
@@ -80,7 +82,12 @@ def check_config(cfg: Config) -> None:
 
 @dataclass(frozen=True)
 class Prepared:
-    """What the pre-flight check built on the way: the run reuses it."""
+    """What the pre-flight check built on the way.
+
+    The run reuses ``data`` and ``spec`` for its results; the server and client sides
+    rebuild them (and the DP plans) from the config in whatever process they run in,
+    from the same seeded, cached functions.
+    """
 
     data: FederatedData
     spec: ModelSpec
@@ -97,7 +104,7 @@ def preflight(cfg: Config) -> Prepared:
     """
     check_config(cfg)
     data = load_experiment_data(cfg)
-    spec = ModelSpec.from_config(cfg.model, data.input_shape, data.num_classes)
+    spec = wire.model_spec_for(cfg)
     _check_client_sizes(cfg, data)
     return Prepared(data, spec, _sample_plans(cfg, data))
 

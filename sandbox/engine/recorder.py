@@ -3,47 +3,64 @@
 The ServerApp (:mod:`sandbox.engine.server`) reports to a :class:`RunRecorder`: the
 centralized metrics after round 0 (the initial model) and every round, and the strategy
 when it starts and finishes. Round callbacks (pruning, divergence checks) run here.
+:meth:`RunRecorder.finish` hands what a finished run produced to
+:func:`sandbox.engine.rundir.write_run` as one :class:`RunRecord`.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from sandbox.core import wire
-from sandbox.core.results import METRIC_COLUMNS, PRIVACY_COLUMNS
+from sandbox.core.privacy import PrivacyLedger
+from sandbox.core.results import METRIC_COLUMNS, PRIVACY_COLUMNS, BudgetStop
 from sandbox.engine.tensorboard import ScalarWriter
 
 if TYPE_CHECKING:
-    import numpy as np
+    from pathlib import Path
 
     from sandbox.core.config import Config
     from sandbox.core.errors import BudgetExhausted
     from sandbox.core.models import ModelSpec
-    from sandbox.engine.rundir import RunDirectory
+    from strategies import Accounted
 
 #: Row column <- metric key in the clients' aggregated replies.
 CLIENT_COLUMNS = {"train_loss": wire.TRAIN_LOSS, "eval_loss": wire.EVAL_LOSS,
                   "eval_accuracy": wire.EVAL_ACCURACY}
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything a finished run produced, as plain values."""
+
+    rows: list[dict[str, float | None]]
+    round_seconds: list[float]
+    weights: dict[str, np.ndarray]  # final global model, canonical names
+    ledger: PrivacyLedger
+    client_reported: dict[int, float]
+    budget_stop: BudgetStop | None
+
+
 class RunRecorder:
     """Collects what a run reports, round by round."""
 
-    def __init__(self, cfg: Config, run_dir: RunDirectory, callbacks=(),
-                 prior_ledger=None) -> None:
+    def __init__(self, cfg: Config, *, tensorboard_dir: Path | None = None, callbacks=(),
+                 prior_ledger: PrivacyLedger | None = None) -> None:
         self.cfg = cfg
         self.prior_ledger = prior_ledger
-        self.run_dir = run_dir
         self.callbacks = list(callbacks)
         self.rows: dict[int, dict[str, float]] = {}
         self.round_seconds: dict[int, float] = {}
-        self.result = None
-        self.accounted = None
+        self.accounted: Accounted | None = None
+        self.finished = False
         self.stopped: BudgetExhausted | None = None
         self.stop_exception: BaseException | None = None
         self._last = time.perf_counter()
-        self._tb = ScalarWriter(run_dir.path / "tensorboard") if cfg.output.tensorboard else None
+        self._tb = ScalarWriter(tensorboard_dir) if tensorboard_dir is not None else None
         self._progress = _progress_bar(cfg) if cfg.output.progress else None
 
     def round_finished(self, server_round: int, metrics: dict[str, float]) -> None:
@@ -72,33 +89,51 @@ class RunRecorder:
                 self.stop_exception = exc
                 raise
 
-    def strategy_started(self, accounted) -> None:
+    def strategy_started(self, accounted: Accounted) -> None:
         self.accounted = accounted
 
-    def strategy_finished(self, result, accounted=None, stopped=None) -> None:
-        self.result = result
+    def strategy_finished(self, accounted: Accounted, stopped: BudgetExhausted | None) -> None:
         self.accounted = accounted
         self.stopped = stopped
+        self.finished = True
 
     def stop_progress(self) -> None:
         if self._progress:
             self._progress.stop()
 
-    def save_partial(self) -> None:
-        """Metrics and ledger so far, into a run that stops without finishing."""
-        self.run_dir.write_json("metrics.json", [self.rows[r] for r in sorted(self.rows)])
-        if self.accounted is not None:
-            self.accounted.ledger.data_fingerprint = self.cfg.data_fingerprint()
-            self.accounted.ledger.save(self.run_dir.path / "ledger.json")
+    def rows_so_far(self) -> list[dict[str, float]]:
+        return [self.rows[r] for r in sorted(self.rows)]
 
-    def finish(self) -> list[dict[str, float]]:
-        """Rows per round, centralized metrics merged with the clients' aggregated ones.
+    def ledger_so_far(self) -> PrivacyLedger | None:
+        return None if self.accounted is None else self.accounted.ledger
 
-        Also writes the clients' metrics to TensorBoard and closes the event file.
-        """
-        sources = {"train_loss": self.result.train_metrics_clientapp,
-                   "eval_loss": self.result.evaluate_metrics_clientapp,
-                   "eval_accuracy": self.result.evaluate_metrics_clientapp}
+    def finish(self, spec: ModelSpec) -> RunRecord:
+        """The finished run's record; writes the clients' metrics to TensorBoard, closes it."""
+        rows = self._merged_rows()
+        if self._tb:
+            for row in rows[1:]:
+                self._tb.scalars(row["round"], {
+                    f"clients/{k}": row[k] for k in CLIENT_COLUMNS if row[k] is not None
+                })
+            self._tb.close()
+        arrays = wire.record_to_arrays(spec, self.accounted.result.arrays)
+        stop = self.stopped
+        return RunRecord(
+            rows=rows,
+            round_seconds=[self.round_seconds[row["round"]] for row in rows],
+            weights=dict(zip(spec.weight_names(), arrays, strict=True)),
+            ledger=self.accounted.ledger,
+            client_reported=dict(sorted(self.accounted.client_reported.items())),
+            budget_stop=None if stop is None else BudgetStop(
+                stop.server_round, stop.scope, stop.projected, str(stop)),
+        )
+
+    def _merged_rows(self) -> list[dict[str, float | None]]:
+        """Rows per round, centralized metrics merged with the clients' aggregated ones."""
+        result = self.accounted.result
+        sources = {"train_loss": result.train_metrics_clientapp,
+                   "eval_loss": result.evaluate_metrics_clientapp,
+                   "eval_accuracy": result.evaluate_metrics_clientapp}
         rows = []
         for server_round in sorted(self.rows):
             row = {key: None for key in METRIC_COLUMNS} | self.rows[server_round]
@@ -107,18 +142,7 @@ class RunRecorder:
                 if record is not None and CLIENT_COLUMNS[column] in record:
                     row[column] = float(record[CLIENT_COLUMNS[column]])
             rows.append(row)
-        if self._tb:
-            for row in rows[1:]:
-                self._tb.scalars(row["round"], {
-                    f"clients/{k}": row[k] for k in CLIENT_COLUMNS if row[k] is not None
-                })
-            self._tb.close()
         return rows
-
-    def final_weights(self, spec: ModelSpec) -> dict[str, np.ndarray]:
-        """Final global model as named arrays in the canonical layout."""
-        weights = wire.record_to_arrays(spec, self.result.arrays)
-        return dict(zip(spec.weight_names(), weights, strict=True))
 
 
 def _progress_bar(cfg: Config):

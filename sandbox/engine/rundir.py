@@ -3,8 +3,9 @@
 A run writes into ``<output.dir>/.<run>.partial`` and is renamed to ``<output.dir>/<run>``
 only when every file is in place; a run that raises is renamed ``<run>.failed`` with the
 error in ``error.txt``; a run stopped on purpose by a round callback (a pruned tuning
-trial) becomes ``<run>.pruned`` with ``stopped.txt``. Both keep ``metrics.json`` and
-``ledger.json`` (privacy spent so far). The files of a finished run are listed in
+trial) becomes ``<run>.pruned`` with ``stopped.txt``. Both keep ``config.toml``,
+``metrics.json`` and ``ledger.json`` (privacy spent so far) and a ``run.json`` with the
+``stop_reason`` and the error. The files of a finished run are listed in
 :mod:`sandbox.core.results`.
 
 A run stopped by ``privacy.budget_epsilon`` is a finished run (committed, not
@@ -19,6 +20,7 @@ import datetime as dt
 import json
 import shutil
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +34,12 @@ from sandbox.core.results import (
     run_epsilon,
 )
 from sandbox.engine import plots
+from sandbox.engine.recorder import RunRecord
 
 if TYPE_CHECKING:
     from sandbox.core.config import Config
     from sandbox.core.data import FederatedData
-    from sandbox.core.models import ModelSpec
-    from sandbox.engine.recorder import RunRecorder
+    from sandbox.core.privacy import PrivacyLedger
 
 
 class RunDirectory:
@@ -68,83 +70,95 @@ class RunDirectory:
         self.path.rename(self.final_path)
         return self.final_path
 
-    def fail(self, exc: BaseException, reason: StopReason) -> Path:
+    def fail(self, cfg: Config, exc: BaseException, reason: StopReason, *,
+             rows: list[dict], ledger: PrivacyLedger | None) -> Path:
+        """Keep what a run that stopped without finishing has: ``<run>.failed|.pruned``.
+
+        Writes ``config.toml``, ``metrics.json`` and ``ledger.json`` so far, ``run.json``
+        with the ``stop_reason`` and the error, and ``error.txt`` (the traceback) or, for
+        a run stopped on purpose, ``stopped.txt`` (the reason).
+        """
         pruned = reason is StopReason.PRUNED
-        suffix = ".pruned" if pruned else ".failed"
-        failed = self.final_path.with_name(self.final_path.name + suffix)
+        (self.path / "config.toml").write_text(cfg.to_toml())
+        self.write_json("metrics.json", rows)
+        if ledger is not None:
+            ledger.save(self.path / "ledger.json")
+        self.write_json("run.json", {
+            **run_header(cfg), "rounds_completed": rows[-1]["round"] if rows else None,
+            "stop_reason": reason.value, "error": f"{type(exc).__name__}: {exc}",
+        })
         if pruned:  # stopped on purpose: the reason, not a traceback
             (self.path / "stopped.txt").write_text(f"{exc}\n")
         else:
             (self.path / "error.txt").write_text(
-                "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            )
+                "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        failed = self.final_path.with_name(self.final_path.name + (
+            ".pruned" if pruned else ".failed"))
         if failed.exists():
             shutil.rmtree(failed)
         self.path.rename(failed)
         return failed
 
 
-def privacy_report(cfg: Config, recorder: RunRecorder, audits: dict) -> dict:
+def privacy_report(cfg: Config, record: RunRecord, audits: dict) -> dict:
     """Contents of ``privacy.json``."""
-    accounted = recorder.accounted
-    ledger = accounted.ledger
-    stop = recorder.stopped
+    ledger = record.ledger
     return {
         "sample_dp": cfg.privacy.sample.enabled,
         "client_dp": cfg.privacy.client.mode,
         "accountant": cfg.privacy.accountant,
         "budget_epsilon": cfg.privacy.budget_epsilon or None,
-        "stopped_early": None if stop is None else {
-            "before_round": stop.server_round, "scope": stop.scope,
-            "projected_epsilon": stop.projected, "reason": str(stop)},
+        "stopped_early": None if record.budget_stop is None else asdict(record.budget_stop),
         "ledger": ledger.to_json(),
         "epsilon_per_round": {scope: ledger.per_round(scope, cfg.privacy.accountant)
                               for scope in ledger.scopes},
-        "client_reported_epsilon": {str(k): v for k, v in
-                                    sorted(accounted.client_reported.items())},
+        "client_reported_epsilon": {str(k): v for k, v in record.client_reported.items()},
         "audit": audits,
     }
 
 
 def write_run(
-    run_dir: RunDirectory, cfg: Config, data: FederatedData, spec: ModelSpec,
-    recorder: RunRecorder, wall_s: float, audits: dict | None = None,
+    run_dir: RunDirectory, cfg: Config, data: FederatedData, record: RunRecord,
+    wall_s: float, audits: dict | None = None,
 ) -> RunResult:
     """Write every file of a finished run and publish the directory."""
-    rows = recorder.finish()
+    rows = record.rows
     final = {k: v for k, v in rows[-1].items() if v is not None}
     stats = data.stats()
-    privacy = privacy_report(cfg, recorder, audits or {})
-    privacy["ledger"]["data_fingerprint"] = cfg.data_fingerprint()
+    privacy = privacy_report(cfg, record, audits or {})
     summary = {"scopes": privacy["ledger"]["report"]["scopes"],
                "stopped_early": privacy["stopped_early"], "audit": audits or {}}
     epsilon = run_epsilon(summary["scopes"], cfg.privacy.accountant)
-    stop_reason = StopReason.BUDGET if recorder.stopped else StopReason.FINISHED
-    seconds = [recorder.round_seconds[row["round"]] for row in rows]
+    stop_reason = StopReason.BUDGET if record.budget_stop else StopReason.FINISHED
     (run_dir.path / "config.toml").write_text(cfg.to_toml())
     run_dir.write_json("run.json", {
-        "name": cfg.name, "config_hash": cfg.config_hash(), "seed": cfg.seed,
-        "framework": cfg.framework, "backend": cfg.backend, "rounds": cfg.rounds,
-        "rounds_completed": rows[-1]["round"], "stop_reason": stop_reason.value,
-        "wall_s": wall_s, "finished": dt.datetime.now().isoformat(timespec="seconds"),
+        **run_header(cfg), "rounds_completed": rows[-1]["round"],
+        "stop_reason": stop_reason.value, "wall_s": wall_s,
+        "finished": dt.datetime.now().isoformat(timespec="seconds"),
         "final": final, "epsilon": epsilon, "privacy": summary,
         "versions": package_versions(),
     })
     run_dir.write_json("privacy.json", privacy)
     run_dir.write_json("metrics.json", rows)
     run_dir.write_metrics_csv(rows)
-    run_dir.write_json("timings.json", {"wall_s": wall_s, "round_s": seconds})
+    run_dir.write_json("timings.json", {"wall_s": wall_s, "round_s": record.round_seconds})
     run_dir.write_json("partition_stats.json", stats)
     if cfg.output.save_weights:
-        np.savez(run_dir.path / "weights.npz", **recorder.final_weights(spec))
+        np.savez(run_dir.path / "weights.npz", **record.weights)
     if cfg.output.plot:
         title = f"{cfg.name}: {cfg.framework}, {cfg.federation.strategy}, {cfg.data.dataset}"
         plots.plot_metrics(rows, run_dir.path / "metrics.png", title)
         plots.plot_partitions(stats, run_dir.path / "partitions.png",
                               f"{cfg.data.dataset}: {cfg.data.partitioner} partition")
-        if recorder.accounted.ledger.mechanisms:
-            plots.plot_privacy(recorder.accounted.ledger, cfg.privacy.accountant,
+        if record.ledger.mechanisms:
+            plots.plot_privacy(record.ledger, cfg.privacy.accountant,
                                run_dir.path / "privacy.png", f"{cfg.name}: ε per round")
     path = run_dir.commit()
     return RunResult(path, cfg.config_hash(), rows, wall_s, final, summary, epsilon,
-                     stop_reason, privacy["stopped_early"], seconds)
+                     stop_reason, record.budget_stop, record.round_seconds)
+
+
+def run_header(cfg: Config) -> dict[str, Any]:
+    """The first keys of ``run.json``: what ran."""
+    return {"name": cfg.name, "config_hash": cfg.config_hash(), "seed": cfg.seed,
+            "framework": cfg.framework, "backend": cfg.backend, "rounds": cfg.rounds}

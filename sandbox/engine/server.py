@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from sandbox.core.config import Config
     from sandbox.core.privacy import PrivacyLedger
-    from strategies.privacy import AccountedStrategy
+    from strategies import Accounted
 
 
 class RoundObserver(Protocol):
@@ -41,9 +41,9 @@ class RoundObserver(Protocol):
 
     def round_finished(self, server_round: int, metrics: dict[str, float]) -> None: ...
 
-    def strategy_started(self, accounted: AccountedStrategy) -> None: ...
+    def strategy_started(self, accounted: Accounted) -> None: ...
 
-    def strategy_finished(self, result: Result, accounted: AccountedStrategy,
+    def strategy_finished(self, accounted: Accounted,
                           stopped: BudgetExhausted | None) -> None: ...
 
 
@@ -58,8 +58,8 @@ def make_server_app(cfg: Config, observer: RoundObserver) -> ServerApp:
     return app
 
 
-def build_accounted_strategy(cfg: Config, *, source: str = "",
-                             prior: PrivacyLedger | None = None) -> AccountedStrategy:
+def build_accounted_strategy(cfg: Config, initial_arrays: ArrayRecord, *, source: str = "",
+                             prior: PrivacyLedger | None = None) -> Accounted:
     """Registry strategy, optional client-level DP wrapper, ledger/budget wrapper."""
     data = load_experiment_data(cfg)
     client_dp = cfg.privacy.client.mode != "off"
@@ -73,7 +73,8 @@ def build_accounted_strategy(cfg: Config, *, source: str = "",
     plans = {}
     if cfg.privacy.sample.enabled:
         plans = {pid: sample_dp_plan(cfg, len(c.y_train)) for pid, c in enumerate(data.clients)}
-    return strategies.accounted(strategy, cfg, plans, source=source, prior=prior)
+    return strategies.accounted(strategy, cfg, plans, initial_arrays=initial_arrays,
+                                source=source, prior=prior)
 
 
 def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver) -> Result:
@@ -81,7 +82,8 @@ def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver) -> Result:
     np.random.seed(cfg.seed)  # and its DP wrappers draw noise from numpy's global state
     data = load_experiment_data(cfg)
     spec = wire.model_spec_for(cfg)
-    accounted = build_accounted_strategy(cfg, prior=observer.prior_ledger)
+    initial = wire.to_record(spec.init_weights(cfg.seed))
+    accounted = build_accounted_strategy(cfg, initial, prior=observer.prior_ledger)
     evaluator = get_evaluator(cfg.framework, spec, cfg.train)
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -91,8 +93,6 @@ def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver) -> Result:
         observer.round_finished(server_round, {"loss": loss, "accuracy": accuracy, **privacy})
         return MetricRecord({"central_loss": loss, "central_accuracy": accuracy})
 
-    initial = wire.to_record(spec.init_weights(cfg.seed))
-    accounted.result.arrays = initial
     observer.strategy_started(accounted)
     stopped = None
     try:
@@ -113,5 +113,5 @@ def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver) -> Result:
             f"no client returned a valid training reply in round(s) {missing[:10]}; "
             "the ClientApp errors are in the log above"
         )
-    observer.strategy_finished(result, accounted, stopped)
+    observer.strategy_finished(accounted, stopped)
     return result

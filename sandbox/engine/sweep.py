@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.core.config import Config
-from sandbox.core.errors import ConfigError
+from sandbox.core.errors import ConfigError, SandboxError
 from sandbox.core.results import RunResult
 from sandbox.core.tomlio import read_toml, set_dotted
 from sandbox.engine.api import run
-from sandbox.engine.preflight import validate_config
+from sandbox.engine.preflight import preflight, validate_config
 
 
 def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None
@@ -68,8 +68,18 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None
 
 def run_sweep(path: str | Path, overrides: dict[str, Any] | None = None,
               *, quiet: bool = False) -> Path:
-    """Run every combination; return the sweep's results directory."""
+    """Run every combination; return the sweep's results directory.
+
+    Every combination passes the pre-flight check (data, model, DP calibration) before
+    the first run starts, so a bad combination fails the sweep before it writes anything.
+    """
     name, runs = load_sweep(path, overrides)
+    for combo, cfg in runs:
+        try:
+            preflight(cfg)
+        except SandboxError as exc:
+            raise type(exc)(f"sweep combination {_describe(combo)}: {exc}",
+                            problems=exc.problems) from None
     root = Path(runs[0][1].output.dir)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     final_dir = root / f"{name}-{stamp}"

@@ -7,7 +7,9 @@ Both run the same ``ServerApp`` (``sandbox.engine.server``) and ``ClientApp``
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
+
+from sandbox.core.config import Backend
 
 if TYPE_CHECKING:
     from sandbox.core.config import Config
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
 # Flower reports usage over the network by default; runs here are offline.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-BACKENDS = ("inline", "ray")
+BACKENDS = get_args(Backend)
 
 
 def run_federation(cfg: Config, observer: RoundObserver) -> None:
