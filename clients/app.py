@@ -27,7 +27,7 @@ STATE_KEY = "client-progress"
 
 def make_client_app(cfg: Config) -> ClientApp:
     """Build the ``ClientApp`` for experiment ``cfg``."""
-    app = ClientApp(mods=client_mods(cfg.privacy.client.mode))
+    app = ClientApp()
     private = cfg.privacy.sample.enabled
 
     def local(context: Context) -> tuple[int, ClientData, ModelSpec, Trainer]:
@@ -38,7 +38,9 @@ def make_client_app(cfg: Config) -> ClientApp:
         trainer = get_trainer(cfg.framework, spec, cfg.train, private=private)
         return partition_id, data, spec, trainer
 
-    @app.train()
+    # Client-side clipping applies to training replies only (evaluate and query messages
+    # carry no model update to clip).
+    @app.train(mods=client_mods(cfg.privacy.client.mode))
     def train(msg: Message, context: Context) -> Message:
         partition_id, data, spec, trainer = local(context)
         trainer.set_weights(wire.record_to_arrays(spec, msg.content[wire.ARRAYS]))
@@ -67,6 +69,12 @@ def make_client_app(cfg: Config) -> ClientApp:
             {wire.ARRAYS: wire.to_record(trainer.get_weights()), wire.METRICS: metrics}
         )
         return Message(content, reply_to=msg)
+
+    @app.query(wire.PARTITION_QUERY_ACTION)
+    def partition(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config[wire.NODE_PARTITION_ID])
+        return Message(RecordDict({wire.METRICS: MetricRecord({wire.PARTITION_ID: pid})}),
+                       reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

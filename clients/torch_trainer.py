@@ -57,7 +57,11 @@ class SpecModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spec.conv_ndim:
-            x = torch.movedim(x, -1, 1)  # channels-last -> channels-first
+            # channels-last -> channels-first, copied to standard strides: a strided view
+            # propagates a channels-last memory format through the convolutions, and
+            # Opacus' conv grad sampler (unfold2d via as_strided) assumes standard
+            # strides, so it computed wrong per-example gradients for 2-D inputs.
+            x = torch.movedim(x, -1, 1).clone(memory_format=torch.contiguous_format)
             x = torch.movedim(self.features(x), 1, -1)  # and back before flattening
         return self.classifier(torch.flatten(x, 1))
 
@@ -112,8 +116,9 @@ class TorchTrainer:
             self._grad_sample_module = GradSampleModule(self.module, loss_reduction="sum")
 
     def get_weights(self) -> list[np.ndarray]:
+        """Copies in the canonical layout (never views of the live parameters)."""
         return [
-            np.ascontiguousarray(from_torch_layout(p.detach().numpy()))
+            np.array(from_torch_layout(p.detach().numpy()), order="C", copy=True)
             for p in self.module.parameters()
         ]
 

@@ -2,7 +2,8 @@
 
 The top layer: it may use every layer below (engine, search). User errors
 (:class:`~sandbox.core.errors.SandboxError`, also as the cause of a
-:class:`~sandbox.core.errors.RunFailed`) print one message and exit with code 2.
+:class:`~sandbox.core.errors.RunFailed`) print one message and exit with code 2; a run
+that diverged exits with code 3; internal errors keep their traceback (exit code 1).
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import argparse
 import sys
 
 from sandbox.core.errors import RunFailed, SandboxError
+from sandbox.core.results import StopReason
+
+EXIT_USER_ERROR = 2  # bad config, data file, --set value: one message, nothing written
+EXIT_DIVERGED = 3  # the run's loss became non-finite; partial results are kept
 
 
 def _command(commands, name: str, help_text: str, config_help: str,
@@ -53,13 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except SandboxError as exc:
         print(f"fedsandbox: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except RunFailed as exc:
         if not isinstance(exc.cause, SandboxError):
             raise
-        print(f"fedsandbox: error: {exc.cause}\n  partial results kept in {exc.run_dir}",
-              file=sys.stderr)
-        return 2
+        diverged = exc.stop_reason is StopReason.DIVERGED
+        print(f"fedsandbox: {'run diverged' if diverged else 'error'}: {exc.cause}\n"
+              f"  partial results kept in {exc.run_dir}", file=sys.stderr)
+        return EXIT_DIVERGED if diverged else EXIT_USER_ERROR
 
 
 def _run(args) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox.core.errors import RunDiverged, RunFailed, SandboxError
+from sandbox.core.errors import RunFailed, SandboxError
 from sandbox.core.experiment import load_experiment_data
 from sandbox.core.privacy import PrivacyLedger
 from sandbox.core.results import StopReason
@@ -77,9 +77,7 @@ def run_trial(
 
     def on_round(server_round: int, row: dict[str, Any]) -> None:
         if server_round == 0:
-            return
-        if not math.isfinite(row["central_loss"]):
-            raise RunDiverged(server_round)
+            return  # (a non-finite loss has already stopped the run as diverged)
         accuracies.append(row["central_accuracy"])
         if report is not None:
             report(server_round, row["central_accuracy"])

@@ -40,14 +40,17 @@ class Accounted(Protocol):
     """What the engine uses of a run's outermost strategy (see :func:`accounted`).
 
     ``ledger`` holds every DP mechanism applied so far; ``client_reported`` the ε each
-    client's own accountant reported (by partition id); ``result`` the latest global
-    model and aggregated client metrics, kept even when the budget stops the run.
+    client's own accountant reported (by partition id); ``participation`` the partition
+    ids chosen per round (``{round: {"train": [...], "evaluate": [...]}}``); ``result``
+    the latest global model and aggregated client metrics, kept even when the budget
+    stops the run.
     ``start`` is Flower's ``Strategy.start``; it raises
     :class:`~sandbox.core.errors.BudgetExhausted` before a round over budget.
     """
 
     ledger: PrivacyLedger
     client_reported: dict[int, float]
+    participation: dict[int, dict[str, list[int]]]
     result: Result
 
     def start(self, **kwargs: Any) -> Result: ...

@@ -21,6 +21,8 @@ from flwr.serverapp.strategy import Result, Strategy
 from sandbox.core import wire
 from sandbox.core.errors import BudgetExhausted
 from sandbox.core.privacy import FEDERATION, Mechanism, PrivacyLedger, client_dp_rate
+from sandbox.core.sampling import clients_for_round
+from strategies.sampling import SampledGrid, discover_partitions, in_partition_order
 
 if TYPE_CHECKING:
     from sandbox.core.config import Config
@@ -82,7 +84,9 @@ class AccountedStrategy(Strategy):
         self.prior = list(prior.mechanisms) if prior is not None else []
         self.result = Result(arrays=initial_arrays)  # what a stop before round 1 returns
         self.client_reported: dict[int, float] = {}
-        self._node_partition: dict[int, int] = {}
+        #: round -> {"train": [partition ids], "evaluate": [...]}, as sampled
+        self.participation: dict[int, dict[str, list[int]]] = {}
+        self._partitions: dict[int, int] = {}  # node id -> partition id
 
     # -- the run's mechanisms ----------------------------------------------------------
     def _federation_mechanism(self, server_round: int) -> Mechanism | None:
@@ -97,29 +101,38 @@ class AccountedStrategy(Strategy):
         return Mechanism(f"client-{pid}", "dp-sgd", server_round, plan.noise_multiplier,
                          plan.sample_rate, plan.steps, self.source)
 
-    def _planned(self, server_round: int, node_ids: list[int]) -> list[Mechanism]:
+    def _planned(self, server_round: int, partition_ids: list[int]) -> list[Mechanism]:
         planned = []
         fed = self._federation_mechanism(server_round)
         if fed is not None:
             planned.append(fed)
         if self.sample_plans:
-            known = [self._node_partition.get(n) for n in node_ids]
-            if None in known:  # first contact: any not-yet-seen client may be on that node
-                seen = set(self._node_partition.values())
-                known = [p for p in known if p is not None] + [
-                    p for p in self.sample_plans if p not in seen]
-            planned += [self._client_mechanism(server_round, pid) for pid in set(known)]
+            planned += [self._client_mechanism(server_round, pid) for pid in partition_ids]
         return planned
 
-    def _check_budget(self, server_round: int, node_ids: list[int]) -> None:
+    def _check_budget(self, server_round: int, partition_ids: list[int]) -> None:
         budget = self.cfg.privacy.budget_epsilon
         if not budget:
             return
-        for mechanism in self._planned(server_round, node_ids):
+        for mechanism in self._planned(server_round, partition_ids):
             projected = self.ledger.epsilon(mechanism.scope, self.cfg.privacy.accountant,
                                             extra=[*self.prior, mechanism])
             if projected > budget:
                 raise BudgetExhausted(server_round, mechanism.scope, projected, budget)
+
+    # -- which clients take part -------------------------------------------------------
+    def _sample(self, server_round: int, purpose: str, grid: Grid) -> tuple[list[int], Grid]:
+        """This round's partition ids for ``purpose`` and a grid showing only their nodes."""
+        if not self._partitions:
+            self._partitions = discover_partitions(grid, self.cfg.data.num_clients)
+        fraction = (self.cfg.federation.fraction_train if purpose == "train"
+                    else self.cfg.federation.fraction_evaluate)
+        chosen = clients_for_round(self.cfg.seed, server_round, purpose,
+                                   self._partitions.values(), fraction)
+        self.participation.setdefault(server_round, {})[purpose] = chosen
+        wanted = set(chosen)
+        nodes = sorted((pid, node) for node, pid in self._partitions.items() if pid in wanted)
+        return chosen, SampledGrid(grid, [node for _, node in nodes])
 
     # -- Strategy interface --------------------------------------------------------------
     def summary(self) -> None:
@@ -127,20 +140,22 @@ class AccountedStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        self._check_budget(server_round, [m.metadata.dst_node_id for m in messages])
-        return messages
+        chosen, sampled = self._sample(server_round, "train", grid)
+        self._check_budget(server_round, chosen)
+        return self.strategy.configure_train(server_round, arrays, config, sampled)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        replies = in_partition_order(replies, self._partitions)
         trained = []
         for reply in replies:
             if reply.has_error():
                 continue
             metrics = reply.content[wire.METRICS]
-            pid = int(metrics[wire.PARTITION_ID])
-            self._node_partition[reply.metadata.src_node_id] = pid
+            pid = self._partitions[reply.metadata.src_node_id]
+            if int(metrics[wire.PARTITION_ID]) != pid:
+                raise RuntimeError(f"node {reply.metadata.src_node_id} trained partition "
+                                   f"{int(metrics[wire.PARTITION_ID])}, not its own {pid}")
             trained.append(pid)
             if wire.DP_EPSILON in metrics:
                 self.client_reported[pid] = float(metrics[wire.DP_EPSILON])
@@ -159,10 +174,14 @@ class AccountedStrategy(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
                            config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        if self.cfg.federation.fraction_evaluate == 0:
+            return []
+        _, sampled = self._sample(server_round, "evaluate", grid)
+        return self.strategy.configure_evaluate(server_round, arrays, config, sampled)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
+        replies = in_partition_order(replies, self._partitions)
         metrics = self.strategy.aggregate_evaluate(server_round, replies)
         if metrics is not None:
             self.result.evaluate_metrics_clientapp[server_round] = metrics

@@ -75,6 +75,9 @@ def register(name: str, factory: StrategyFactory, *, args: Mapping[str, Arg],
     factory : callable
         ``factory(federation_cfg, num_clients, *, weighted_by_key)`` returning a Flower
         ``Strategy``; it receives the validated ``strategy_args`` in ``federation_cfg``.
+        The run chooses each round's clients itself (:mod:`strategies.sampling`) and
+        shows the strategy a grid with only those nodes: it must take every node it
+        sees (Flower's strategies: ``fraction_train = fraction_evaluate = 1``).
     args : mapping of str to Arg
         Every key ``federation.strategy_args`` may hold for this strategy.
     mean_aggregating : bool

@@ -45,12 +45,14 @@ def stock_factory(name: str) -> StrategyFactory:
         from flwr.serverapp import strategy as flwr_strategies
 
         cls = getattr(flwr_strategies, class_name)
+        # The run's outermost strategy chooses the clients (strategies.sampling) and
+        # shows this one only the chosen nodes: it takes all it sees.
         return cls(
-            fraction_train=cfg.fraction_train,
-            fraction_evaluate=cfg.fraction_evaluate,
+            fraction_train=1.0,
+            fraction_evaluate=1.0 if cfg.fraction_evaluate > 0 else 0.0,
             min_train_nodes=1,
             min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0,
-            min_available_nodes=num_clients,
+            min_available_nodes=1,
             weighted_by_key=weighted_by_key,
             **cfg.strategy_args,
         )

@@ -140,3 +140,31 @@ def test_impossible_partitions_are_clear_errors():
     with pytest.raises(DataError, match="data.min_partition_size"):
         load_federated_data(DataConfig(partitioner="quantity_skew", num_clients=100,
                                        min_partition_size=50), 0)
+
+
+@pytest.mark.parametrize(("x_value", "label", "needle"), [
+    (np.nan, 1, r"x has non-finite values .* in 1 row\(s\), first at row 3"),
+    (np.inf, 1, r"x has non-finite values"),
+    (1e39, 1, r"beyond float32"),
+    (0.0, 100000, r"labels must be 0..K-1 .* 3 distinct labels up to 100000"),
+    (0.0, 5, r"missing: \[2, 3, 4\]"),
+])
+def test_npz_rejects_non_finite_features_and_sparse_labels(tmp_path, x_value, label, needle):
+    x = np.zeros((40, 3))
+    y = np.arange(40) % 2
+    x[3, 1], y[7] = x_value, label
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    with pytest.raises(DataError, match=needle):
+        load_federated_data(DataConfig(dataset="npz", path=str(tmp_path / "d.npz"),
+                                       num_clients=2, partitioner="iid"), 0)
+
+
+@pytest.mark.parametrize(("cell", "needle"), [
+    ("nan", r"non-finite cells .* column\(s\) \['b'\], first in data row 2"),
+    ("inf", r"column\(s\) \['b'\]"), ("-Infinity", r"column\(s\) \['b'\]")])
+def test_csv_rejects_non_finite_cells_naming_the_column(tmp_path, cell, needle):
+    lines = ["a,b,label", "0.1,0.2,0", f"0.3,{cell},1"] + [f"{i},{i},{i % 2}" for i in range(20)]
+    (tmp_path / "d.csv").write_text("\n".join(lines))
+    with pytest.raises(DataError, match=needle):
+        load_federated_data(DataConfig(dataset="csv", path=str(tmp_path / "d.csv"),
+                                       num_clients=2, partitioner="iid"), 0)

@@ -59,27 +59,31 @@ def test_a_back_up_import_breaks_a_contract(tmp_path, module, line, contract):
     assert any(contract in row for row in broken), proc.stdout[-3000:]
 
 
+FRAMEWORKS = ("torch", "tensorflow", "keras", "flwr", "optuna", "ray", "keras_tuner", "opacus")
+
+
+def frameworks_loaded_by(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter; it prints a JSON dict as its last line."""
+    proc = subprocess.run([sys.executable, "-c", code + "\nprint(json.dumps(report | "
+                           f"{{'loaded': [m for m in {FRAMEWORKS!r} if m in sys.modules]}}))"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_import_sandbox_loads_only_the_core():
     """``import sandbox`` and the public names resolve lazily, without any framework."""
-    code = ("import json, sys, sandbox; cfg = sandbox.load_config(None); "
-            "names = [sandbox.Config, sandbox.RunResult, sandbox.StopReason, sandbox.run]; "
-            "print(json.dumps([m for m in ('torch', 'tensorflow', 'keras', 'flwr', 'optuna', "
-            "'ray', 'keras_tuner', 'opacus') if m in sys.modules]))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    report = frameworks_loaded_by(
+        "import json, sys, sandbox\ncfg = sandbox.load_config(None)\n"
+        "report = {'names': len([sandbox.Config, sandbox.RunResult, sandbox.run])}")
+    assert report == {"names": 3, "loaded": []}
 
 
 def test_every_core_module_imports_without_frameworks():
     """The core's rule holds for every module of it, not only those a run reaches."""
-    code = ("import importlib, json, pkgutil, sys, sandbox.core as core\n"
-            "names = [m.name for m in pkgutil.walk_packages(core.__path__, 'sandbox.core.')]\n"
-            "for name in names: importlib.import_module(name)\n"
-            "print(json.dumps({'n': len(names), 'loaded': [m for m in ('torch', 'tensorflow', "
-            "'keras', 'flwr', 'optuna', 'ray', 'keras_tuner', 'opacus') if m in sys.modules]}))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = frameworks_loaded_by(
+        "import importlib, json, pkgutil, sys, sandbox.core as core\n"
+        "names = [m.name for m in pkgutil.walk_packages(core.__path__, 'sandbox.core.')]\n"
+        "for name in names: importlib.import_module(name)\n"
+        "report = {'n': len(names)}")
     assert report["n"] >= 15 and report["loaded"] == []

@@ -87,3 +87,35 @@ def test_quickstart_reaches_accuracy_in_both_frameworks(tmp_path):
             "framework": framework, "output.dir": str(tmp_path), "output.progress": False})
         finals[framework] = sandbox.run(cfg).final["central_accuracy"]
     assert min(finals.values()) >= 0.85, finals
+
+
+def test_a_diverged_run_stops_says_so_and_writes_strict_json(tmp_path):
+    """Features near float32's limit overflow the first layer: the loss is not finite."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "huge.npz", x=rng.normal(size=(200, 5)) * 1e37,
+             y=rng.integers(0, 3, 200))
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sandbox", "run", str(ROOT / "configs" / "quickstart.toml"),
+         "--quiet", "--set", "data.dataset=npz", "--set", f"data.path={tmp_path / 'huge.npz'}",
+         "--set", "model.arch=mlp", "--set", "data.num_clients=2", "--set", "rounds=2",
+         "--set", f"output.dir={out}"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+        check=False)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "run diverged: non-finite centralized loss at round 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    (run_dir,) = out.iterdir()
+    assert run_dir.name.endswith(".failed")
+
+    def no_nan(token):
+        raise AssertionError(f"non-JSON literal {token}")
+
+    info = json.loads((run_dir / "run.json").read_text(), parse_constant=no_nan)
+    assert info["stop_reason"] == "diverged" and info["rounds_completed"] == 1
+    rows = json.loads((run_dir / "metrics.json").read_text(), parse_constant=no_nan)
+    assert rows[0]["central_loss"] > 0 and rows[1]["central_loss"] is None

@@ -178,10 +178,12 @@ def test_failing_trials_are_recorded_with_reason_and_the_study_goes_on(tmp_path)
     x = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
     y = np.random.default_rng(1).integers(0, 3, 200)
     np.savez(tmp_path / "clean.npz", x=x, y=y)
-    x[5, 2] = np.nan  # poisons every model that trains on it
+    np.savez(tmp_path / "huge.npz", x=x * 1e37, y=y)  # overflows: the run diverges
+    x[5, 2] = np.nan  # rejected when the data are loaded, before the run starts
     np.savez(tmp_path / "nan.npz", x=x, y=y)
+    files = [str(tmp_path / f"{name}.npz") for name in ("clean", "huge", "nan")]
     extra_space = ('[space.file]\ntype = "categorical"\n'
-                   f'choices = ["{tmp_path / "clean.npz"}", "{tmp_path / "nan.npz"}"]\n'
+                   f'choices = {json.dumps(files)}\n'
                    'key = "data.path"\n'
                    '[space.batch]\ntype = "categorical"\nchoices = [16, 0]\n'
                    'key = "train.batch_size"\n')
@@ -194,7 +196,8 @@ def test_failing_trials_are_recorded_with_reason_and_the_study_goes_on(tmp_path)
     assert len(trials) == 12
     reasons = [t["fail_reason"] for t in trials if t["state"] == "FAIL"]
     assert any("train.batch_size" in r for r in reasons)  # bad config, named key
-    assert any("non-finite centralized loss" in r for r in reasons)  # NaN loss
+    assert any("non-finite centralized loss" in r for r in reasons)  # diverged
+    assert any("x has non-finite values" in r for r in reasons)  # NaN input, named file
     assert any(t["state"] == "COMPLETE" for t in trials)
 
 

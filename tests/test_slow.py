@@ -29,4 +29,4 @@ def test_ray_matches_inline_with_20_clients(tmp_path):
 
     inline = sandbox.run(sandbox.load_config(ROOT / "configs" / "quickstart.toml",
                                              small_overrides(tmp_path, **extra)))
-    assert_same_history(inline.rounds, ray["rounds"], atol=1e-5)
+    assert_same_history(inline.rounds, ray["rounds"], atol=0)

@@ -138,7 +138,16 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"data.path: cannot read {path} as npz: {exc}") from None
     if len(x) != len(y):
         raise DataError(f"data.path: {path}: x has {len(x)} rows but y has {len(y)}")
-    return x.astype(np.float32), _as_labels(y, path)
+    try:
+        features = x.astype(np.float32)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"data.path: {path}: x is not numeric ({x.dtype}): {exc}") from None
+    bad = ~np.isfinite(features.reshape(len(features), -1)).all(axis=1)
+    if bad.any():
+        raise DataError(f"data.path: {path}: x has non-finite values (NaN or inf, or beyond "
+                        f"float32) in {int(bad.sum())} row(s), first at row "
+                        f"{int(np.flatnonzero(bad)[0])}")
+    return features, _as_labels(y, path)
 
 
 def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -159,13 +168,32 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
     except ValueError as exc:
         raise DataError(f"data.path: {path} has a non-numeric cell: {exc}") from None
     x = np.delete(table, label_at, axis=1).astype(np.float32)
+    columns = [name for i, name in enumerate(header) if i != label_at]
+    bad = [name for name, finite in zip(columns, np.isfinite(x).all(axis=0), strict=True)
+           if not finite]
+    if bad or not np.isfinite(table[:, label_at]).all():
+        rows_bad = ~np.isfinite(table).all(axis=1)
+        raise DataError(
+            f"data.path: {path} has non-finite cells (NaN, inf or beyond float32) in "
+            f"column(s) {bad or [label_column]}, first in data row "
+            f"{int(np.flatnonzero(rows_bad)[0]) + 1}")
     return x, _as_labels(table[:, label_at], path)
 
 
 def _as_labels(y: np.ndarray, path: Path) -> np.ndarray:
-    if y.ndim != 1 or not np.all(np.equal(np.mod(y, 1), 0)) or y.min() < 0:
+    """Labels must be the integers 0..K-1, each present (K = number of classes)."""
+    if (y.ndim != 1 or not np.issubdtype(y.dtype, np.number) or not np.isfinite(y).all()
+            or not np.all(np.equal(np.mod(y, 1), 0)) or y.min() < 0):
         raise DataError(f"data.path: {path}: labels must be a 1-D array of integers >= 0")
-    return y.astype(np.int64)
+    labels = y.astype(np.int64)
+    present = np.unique(labels)
+    if present[-1] != len(present) - 1:
+        missing = sorted(set(range(int(present[-1]) + 1)) - set(present.tolist()))
+        raise DataError(
+            f"data.path: {path}: labels must be 0..K-1 with every class present; found "
+            f"{len(present)} distinct labels up to {int(present[-1])} (missing: "
+            f"{missing[:10]}{' ...' if len(missing) > 10 else ''}); remap them to 0..K-1")
+    return labels
 
 
 def _check_labels(y: np.ndarray, cfg: DataConfig) -> None:

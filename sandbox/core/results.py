@@ -9,6 +9,7 @@ A finished run's directory (written by :mod:`sandbox.engine.rundir`)::
                            deterministic: same config + seed -> the same bytes
     timings.json           wall seconds per round (the only non-deterministic numbers)
     partition_stats.json   samples and label histogram per client
+    participation.json     the partition ids chosen each round, for training and evaluation
     partitions.png         the same as stacked bars
     metrics.png            accuracy and loss per round
     weights.npz            final global weights, canonical layout, named arrays

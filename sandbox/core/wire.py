@@ -13,7 +13,9 @@ Messages
 ledger), :data:`TRAIN_LOSS` and, under DP-SGD, :data:`DP_EPSILON` /
 :data:`DP_NOISE_MULTIPLIER` from the node's own accountant.
 ``evaluate``: reply ``{"metrics"}`` with :data:`NUM_EXAMPLES`, :data:`EVAL_LOSS`,
-:data:`EVAL_ACCURACY` on the client's local test split.
+:data:`EVAL_ACCURACY` on the client's local test split. ``query.partition`` (once per
+run, before round 1): reply ``{"metrics"}`` with the node's :data:`PARTITION_ID`, so the
+server maps node ids to partition ids on every runtime.
 
 Model encoding
 --------------
@@ -63,6 +65,9 @@ DP_NOISE_MULTIPLIER = "dp_noise_multiplier"
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
 FRAMEWORK = "framework"
+# -- query messages ------------------------------------------------------------------------
+#: ``query.partition``: the node answers ``{"metrics": {PARTITION_ID: its partition id}}``.
+PARTITION_QUERY_ACTION = "partition"
 # -- node config keys (Context.node_config) -----------------------------------------------
 NODE_PARTITION_ID = "partition-id"
 NODE_NUM_PARTITIONS = "num-partitions"

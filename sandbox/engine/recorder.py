@@ -2,13 +2,15 @@
 
 The ServerApp (:mod:`sandbox.engine.server`) reports to a :class:`RunRecorder`: the
 centralized metrics after round 0 (the initial model) and every round, and the strategy
-when it starts and finishes. Round callbacks (pruning, divergence checks) run here.
+when it starts and finishes. A non-finite centralized loss stops the run here
+(:class:`~sandbox.core.errors.RunDiverged`), then the round callbacks (pruning) run.
 :meth:`RunRecorder.finish` hands what a finished run produced to
 :func:`sandbox.engine.rundir.write_run` as one :class:`RunRecord`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sandbox.core import wire
+from sandbox.core.errors import RunDiverged
 from sandbox.core.privacy import PrivacyLedger
 from sandbox.core.results import METRIC_COLUMNS, PRIVACY_COLUMNS, BudgetStop
 from sandbox.engine.tensorboard import ScalarWriter
@@ -42,6 +45,7 @@ class RunRecord:
     weights: dict[str, np.ndarray]  # final global model, canonical names
     ledger: PrivacyLedger
     client_reported: dict[int, float]
+    participation: dict[int, dict[str, list[int]]]  # round -> purpose -> partition ids
     budget_stop: BudgetStop | None
 
 
@@ -81,13 +85,15 @@ class RunRecorder:
         if self._progress and server_round > 0:
             self._progress.update(self._progress.task_ids[0], completed=server_round,
                                   acc=metrics["accuracy"])
-        for callback in self.callbacks:
-            try:
+        try:
+            if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["accuracy"])):
+                raise RunDiverged(server_round)
+            for callback in self.callbacks:
                 callback(server_round, dict(self.rows[server_round]))
-            except BaseException as exc:
-                # Runtimes that run the ServerApp in a thread (Ray) may swallow it.
-                self.stop_exception = exc
-                raise
+        except BaseException as exc:
+            # Runtimes that run the ServerApp in a thread (Ray) may swallow it.
+            self.stop_exception = exc
+            raise
 
     def strategy_started(self, accounted: Accounted) -> None:
         self.accounted = accounted
@@ -124,6 +130,7 @@ class RunRecorder:
             weights=dict(zip(spec.weight_names(), arrays, strict=True)),
             ledger=self.accounted.ledger,
             client_reported=dict(sorted(self.accounted.client_reported.items())),
+            participation=dict(sorted(self.accounted.participation.items())),
             budget_stop=None if stop is None else BudgetStop(
                 stop.server_round, stop.scope, stop.projected, str(stop)),
         )

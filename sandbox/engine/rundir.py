@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import math
 import shutil
 import traceback
 from dataclasses import asdict
@@ -58,7 +59,9 @@ class RunDirectory:
         self.path.mkdir(parents=True)
 
     def write_json(self, name: str, payload: Any) -> None:
-        (self.path / name).write_text(json.dumps(payload, indent=2) + "\n")
+        """Strict JSON: non-finite numbers (a diverged round's loss) are written as null."""
+        text = json.dumps(finite_or_null(payload), indent=2, allow_nan=False)
+        (self.path / name).write_text(text + "\n")
 
     def write_metrics_csv(self, rows: list[dict]) -> None:
         with (self.path / "metrics.csv").open("w", newline="") as handle:
@@ -143,6 +146,8 @@ def write_run(
     run_dir.write_metrics_csv(rows)
     run_dir.write_json("timings.json", {"wall_s": wall_s, "round_s": record.round_seconds})
     run_dir.write_json("partition_stats.json", stats)
+    run_dir.write_json("participation.json", {
+        str(r): purposes for r, purposes in record.participation.items()})
     if cfg.output.save_weights:
         np.savez(run_dir.path / "weights.npz", **record.weights)
     if cfg.output.plot:
@@ -156,6 +161,17 @@ def write_run(
     path = run_dir.commit()
     return RunResult(path, cfg.config_hash(), rows, wall_s, final, summary, epsilon,
                      stop_reason, record.budget_stop, record.round_seconds)
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 def run_header(cfg: Config) -> dict[str, Any]:

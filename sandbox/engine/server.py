@@ -8,7 +8,6 @@ model from ``clients.get_evaluator`` after round 0 (the initial model) and every
 
 from __future__ import annotations
 
-import random
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -78,8 +77,9 @@ def build_accounted_strategy(cfg: Config, initial_arrays: ArrayRecord, *, source
 
 
 def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver) -> Result:
-    random.seed(cfg.seed)  # Flower's strategies sample nodes with the `random` module
-    np.random.seed(cfg.seed)  # and its DP wrappers draw noise from numpy's global state
+    # Clients are chosen by seeded sampling (strategies.sampling); Flower's client-level
+    # DP wrappers still draw their noise from numpy's global generator.
+    np.random.seed(cfg.seed)
     data = load_experiment_data(cfg)
     spec = wire.model_spec_for(cfg)
     initial = wire.to_record(spec.init_weights(cfg.seed))

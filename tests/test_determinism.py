@@ -1,0 +1,78 @@
+"""Client selection and aggregation order are pure functions of the config and seed.
+
+The matrix: framework x backend x "alone in a fresh process" vs "after other runs in the
+same process". Every cell must give the same per-round metrics and the same clients.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import sandbox
+from sandbox.core.sampling import clients_for_round, sample_size
+from tests.conftest import ROOT, small_overrides
+from tests.test_runtime import _subprocess_run
+
+PARTIAL = {"rounds": 3, "data.num_clients": 6, "federation.fraction_train": 0.5,
+           "federation.fraction_evaluate": 0.5}
+
+RUN = """
+import json, sys
+import sandbox
+from tests.conftest import small_overrides
+from pathlib import Path
+tmp = Path({tmp!r})
+for extra in {before!r}:  # other work in the same process first
+    sandbox.run(sandbox.load_config("configs/quickstart.toml", small_overrides(tmp, **extra)))
+result = sandbox.run(sandbox.load_config("configs/quickstart.toml",
+                                         small_overrides(tmp, **{extra!r})))
+participation = json.loads((result.run_dir / "participation.json").read_text())
+print(json.dumps({{"rounds": result.rounds, "participation": participation}}))
+"""
+
+
+def test_sampling_is_a_pure_function():
+    first = clients_for_round(7, 3, "train", range(10), 0.3)
+    assert first == clients_for_round(7, 3, "train", reversed(range(10)), 0.3)
+    assert len(first) == sample_size(10, 0.3) == 3 and first == sorted(first)
+    assert clients_for_round(7, 4, "train", range(10), 0.3) != first or \
+        clients_for_round(7, 5, "train", range(10), 0.3) != first
+    assert clients_for_round(7, 3, "train", range(10), 1.0) == list(range(10))
+    assert clients_for_round(7, 3, "evaluate", range(10), 0.0) == []
+
+
+def test_sampling_is_uniform_over_clients():
+    """Over 2000 rounds each of 10 clients is drawn ~30 % of the time (3 of 10)."""
+    counts = [0] * 10
+    for server_round in range(1, 2001):
+        for pid in clients_for_round(0, server_round, "train", range(10), 0.3):
+            counts[pid] += 1
+    # Binomial(2000, 0.3): sd 20.5; 5 sd bounds give a false-failure rate below 1e-5.
+    assert all(abs(c - 600) < 103 for c in counts), counts
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_determinism_matrix(tmp_path, framework):
+    """Alone vs after other runs, inline vs Ray: the same clients and metrics."""
+    extra = {"framework": framework, **PARTIAL}
+    other = "keras" if framework == "torch" else "torch"
+    cells = {
+        "inline, alone": _subprocess_run(RUN.format(tmp=str(tmp_path / "a"), before=[],
+                                                    extra=extra)),
+        "inline, after other runs": _subprocess_run(RUN.format(
+            tmp=str(tmp_path / "b"), extra=extra,
+            before=[{"framework": other, "seed": 5}, {"framework": framework, "seed": 9}])),
+        "ray, alone": _subprocess_run(RUN.format(tmp=str(tmp_path / "c"), before=[],
+                                                 extra=extra | {"backend": "ray"})),
+    }
+    in_process = sandbox.run(sandbox.load_config(ROOT / "configs" / "quickstart.toml",
+                                                 small_overrides(tmp_path / "d", **extra)))
+    reference = cells["inline, alone"]
+    chosen = reference["participation"]
+    assert [len(chosen[str(r)]["train"]) for r in (1, 2, 3)] == [3, 3, 3]
+    assert json.dumps(in_process.rounds) == json.dumps(reference["rounds"])
+    for name, cell in cells.items():
+        assert cell["participation"] == chosen, name
+        assert json.dumps(cell["rounds"]) == json.dumps(reference["rounds"]), name
