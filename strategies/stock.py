@@ -3,8 +3,9 @@
 Only strategies whose client side our ClientApp implements are registered (FedProx: the
 trainers add the proximal term for the ``proximal-mu`` the strategy sends). Flower is
 imported when a strategy is built, not here. The declared schemas are Flower 1.42's
-constructor arguments minus the ones the sandbox sets itself (:data:`MANAGED_ARGS`); a
-test checks them against the constructors.
+constructor arguments minus the ones the sandbox sets itself (:data:`MANAGED_ARGS`), with
+Flower's defaults except :data:`PAPER_DEFAULTS`; a test checks them against the
+constructors.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ FLOWER_CLASSES = {
     "fedtrimmedavg": "FedTrimmedAvg",
 }
 
+#: Defaults taken from the algorithm's paper where Flower's would make it another
+#: algorithm: FedAvgM with Flower's server_momentum = 0 is plain FedAvg; Hsu et al.
+#: (2019) report their results with server momentum 0.9.
+PAPER_DEFAULTS = {"fedavgm": {"server_momentum": 0.9}}
+
 _ETA = "server-side learning rate"
 _ETA_L = "client-side learning rate (Flower only logs it; clients use train.lr)"
 _TAU = "adaptivity: controls the algorithm's degree of adaptability"
@@ -45,6 +51,8 @@ def stock_factory(name: str) -> StrategyFactory:
         from flwr.serverapp import strategy as flwr_strategies
 
         cls = getattr(flwr_strategies, class_name)
+        # Our declared defaults where they differ from Flower's (PAPER_DEFAULTS).
+        args = {**PAPER_DEFAULTS.get(name, {}), **cfg.strategy_args}
         # The run's outermost strategy chooses the clients (strategies.sampling) and
         # shows this one only the chosen nodes: it takes all it sees.
         return cls(
@@ -54,7 +62,7 @@ def stock_factory(name: str) -> StrategyFactory:
             min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0,
             min_available_nodes=1,
             weighted_by_key=weighted_by_key,
-            **cfg.strategy_args,
+            **args,
         )
 
     factory.__doc__ = f"Flower's stock ``{class_name}``."
@@ -66,7 +74,8 @@ register("fedavg", stock_factory("fedavg"), args={}, mean_aggregating=True,
                "from Decentralized Data (AISTATS)")
 register("fedavgm", stock_factory("fedavgm"), mean_aggregating=True, args={
     "server_learning_rate": Arg(float, 1.0, "server-side learning rate"),
-    "server_momentum": Arg(float, 0.0, "server-side momentum"),
+    "server_momentum": Arg(float, 0.9, "server-side momentum (Flower's default 0.0 "
+                           "would make this plain FedAvg)"),
 }, paper="Hsu, Qi & Brown 2019, Measuring the Effects of Non-Identical Data Distribution "
          "for Federated Visual Classification")
 # The proximal term's gradient would be clipped and noised with the data gradients.

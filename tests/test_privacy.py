@@ -67,11 +67,16 @@ def test_epsilon_grows_with_steps_and_shrinks_with_noise():
     assert split == pytest.approx(epsilon([(1.0, 0.01, 1000)], 1e-5, "prv"))
 
 
-def test_noise_for_target_meets_target():
+@pytest.mark.parametrize("sample_rate,steps", [(0.18, 60), (0.05, 500), (0.01, 10000)])
+def test_target_epsilon_calibration_never_overshoots_the_ledger(sample_rate, steps):
+    """σ from target_epsilon, accounted by the ledger's own accountant: ε ≤ target."""
     from sandbox.core.privacy import noise_for_target
 
-    sigma = noise_for_target(target_epsilon=2.0, delta=1e-5, sample_rate=0.05, steps=500)
-    assert epsilon([(sigma, 0.05, 500)], 1e-5) == pytest.approx(2.0, rel=0.01)
+    for target in (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0):
+        sigma = noise_for_target(target_epsilon=target, delta=1e-5, sample_rate=sample_rate,
+                                 steps=steps)
+        spent = epsilon([(sigma, sample_rate, steps)], 1e-5)
+        assert 0.99 * target <= spent <= target, (target, sigma, spent)
 
 
 # -- ledger ---------------------------------------------------------------------------------

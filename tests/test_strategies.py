@@ -11,7 +11,7 @@ import pytest
 import sandbox
 import strategies
 from strategies.registry import Arg
-from strategies.stock import FLOWER_CLASSES, MANAGED_ARGS
+from strategies.stock import FLOWER_CLASSES, MANAGED_ARGS, PAPER_DEFAULTS
 from tests.conftest import ROOT, small_overrides
 
 
@@ -26,7 +26,8 @@ def test_declared_schema_matches_flowers_constructor(name):
               if p.name != "self" and p.name not in MANAGED_ARGS}
     assert set(entry.args) == set(params)
     for key, arg in entry.args.items():
-        assert arg.default == params[key].default, key
+        flower_default = params[key].default
+        assert arg.default == PAPER_DEFAULTS.get(name, {}).get(key, flower_default), key
         assert arg.type is params[key].annotation, key
     assert entry.paper
 
@@ -113,3 +114,16 @@ def test_config_docs_list_every_strategy_and_argument():
         assert ("| yes |" in row) == entry.mean_aggregating, row
         for key, arg in entry.args.items():
             assert f"`{key}` ({arg.default})" in row, (name, key)
+
+
+def test_fedavgm_uses_its_papers_server_momentum(small):
+    from flwr.app import ArrayRecord
+
+    from sandbox.engine.server import build_accounted_strategy
+
+    cfg = small(**{"federation.strategy": "fedavgm"})
+    fedavgm = build_accounted_strategy(cfg, ArrayRecord()).strategy
+    assert fedavgm.server_momentum == 0.9 and fedavgm.server_learning_rate == 1.0
+    cfg = small(**{"federation.strategy": "fedavgm",
+                   "federation.strategy_args": {"server_momentum": 0.5}})
+    assert build_accounted_strategy(cfg, ArrayRecord()).strategy.server_momentum == 0.5

@@ -59,9 +59,12 @@ def _flwr_partition(y, cfg: DataConfig, *, seed: int, num_classes: int) -> list[
     try:
         return [np.asarray(part.load_partition(i)["idx"], dtype=np.int64) for i in range(k)]
     except ValueError as exc:
+        keys = (f"data.alpha={cfg.alpha}, data.min_partition_size={cfg.min_partition_size}"
+                if cfg.partitioner == "dirichlet"
+                else f"data.shards_per_client={cfg.shards_per_client}")
         raise DataError(
             f"data.partitioner='{cfg.partitioner}' failed for {k} clients on {len(y)} samples "
-            f"(data.alpha={cfg.alpha}, data.min_partition_size={cfg.min_partition_size}): {exc}"
+            f"({keys}): {exc}"
         ) from None
 
 

@@ -84,7 +84,7 @@ class RunRecorder:
             })
         if self._progress and server_round > 0:
             self._progress.update(self._progress.task_ids[0], completed=server_round,
-                                  acc=metrics["accuracy"])
+                                  acc=metrics["accuracy"], eps=_epsilon_text(metrics))
         try:
             if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["accuracy"])):
                 raise RunDiverged(server_round)
@@ -152,6 +152,13 @@ class RunRecorder:
         return rows
 
 
+def _epsilon_text(metrics: dict[str, float]) -> str:
+    parts = [f"{label} {metrics[key]:.3g}" for key, label in
+             (("eps_client_max", "ε client max"), ("eps_federation", "ε federation"))
+             if key in metrics]
+    return ", ".join(parts) or "ε -"
+
+
 def _progress_bar(cfg: Config):
     from rich.progress import (
         BarColumn,
@@ -162,12 +169,13 @@ def _progress_bar(cfg: Config):
         TimeRemainingColumn,
     )
 
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("acc {task.fields[acc]:.3f}"), TimeElapsedColumn(),
-        TimeRemainingColumn(), transient=False,
-    )
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("acc {task.fields[acc]:.3f}")]
+    if cfg.privacy.any_dp:  # ε so far: the largest client's (DP-SGD), the federation's
+        columns.append(TextColumn("{task.fields[eps]}"))
+    progress = Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(),
+                        transient=False)
     progress.add_task(f"{cfg.name} [{cfg.framework}/{cfg.backend}]", total=cfg.rounds,
-                      acc=float("nan"))
+                      acc=float("nan"), eps="ε -")
     progress.start()
     return progress

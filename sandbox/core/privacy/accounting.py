@@ -102,12 +102,41 @@ def _prv_epsilon(history: History, delta: float) -> float:
 
 def noise_for_target(
     *, target_epsilon: float, delta: float, sample_rate: float, steps: int,
-    accountant: str = "rdp",
+    accountant: str = "rdp", tolerance: float = 0.005,
 ) -> float:
-    """Smallest noise multiplier whose ``steps``-fold composition stays within ε."""
-    from opacus.accountants.utils import get_noise_multiplier
+    """Smallest noise multiplier whose ``steps``-fold composition stays within ε.
 
-    return float(get_noise_multiplier(
-        target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-        steps=steps, accountant=accountant, epsilon_tolerance=0.005,
-    ))
+    Calibrated with :func:`epsilon` itself (the ledger's accountant, orders and PRV error
+    bound), so the ε the ledger reports for the calibrated mechanism is at most
+    ``target_epsilon`` and at least ``(1 - tolerance) * target_epsilon``. Bisection on σ;
+    the returned σ is always the upper (private enough) end of the bracket.
+
+    Raises
+    ------
+    ValueError
+        If even σ = 1e4 gives more than ``target_epsilon``.
+    """
+    if target_epsilon <= 0:
+        raise ValueError(f"target_epsilon must be > 0, got {target_epsilon}")
+
+    def eps(sigma: float) -> float:
+        return epsilon([(sigma, sample_rate, steps)], delta, accountant)
+
+    low, high = 0.05, 1.0
+    while eps(high) > target_epsilon:
+        low, high = high, high * 2
+        if high > 1e4:
+            raise ValueError(f"ε = {target_epsilon:g} at δ = {delta:g} is out of reach for "
+                             f"{steps} steps at sampling rate {sample_rate:g}")
+    if eps(low) <= target_epsilon:  # the target allows very little noise
+        return low
+    while high - low > 1e-4 * high:
+        mid = (low + high) / 2
+        spent = eps(mid)
+        if spent > target_epsilon:
+            low = mid
+        elif spent >= (1 - tolerance) * target_epsilon:
+            return mid
+        else:
+            high = mid
+    return high
