@@ -66,6 +66,18 @@ def test_quantity_skew_varies_sizes_not_labels():
     sizes = [len(c.y_train) for c in skew.clients]
     assert np.std(sizes) > 5 * np.std([len(c.y_train) for c in iid.clients])
     assert min(sizes) >= 10 * 0.8 - 1
+    # Labels stay IID: every client with >= 100 examples has a label histogram close to
+    # the pool's (total variation < 0.2), unlike a label-skewed Dirichlet(0.1) split.
+    pool = np.bincount(np.concatenate([c.y_train for c in skew.clients]), minlength=10)
+    pool = pool / pool.sum()
+
+    def label_skew(data):
+        return [0.5 * np.abs(np.bincount(c.y_train, minlength=10) / len(c.y_train) - pool).sum()
+                for c in data.clients if len(c.y_train) >= 100]
+
+    assert label_skew(skew) and max(label_skew(skew)) < 0.2
+    dirichlet = load_federated_data(DataConfig(num_clients=10, alpha=0.1), 0)
+    assert max(label_skew(dirichlet)) > 0.4
 
 
 def test_splits_and_global_test_are_disjoint_and_complete():
@@ -74,6 +86,17 @@ def test_splits_and_global_test_are_disjoint_and_complete():
     data = load_federated_data(cfg, 0)
     total = len(data.y_test) + sum(len(c.y_train) + len(c.y_test) for c in data.clients)
     assert total == 1797  # every digits sample used exactly once
+    # ... and no sample in two places: compare the rows themselves (digits' images are
+    # distinct except for a few exact duplicates, which must then sit in one place each).
+    from sklearn.datasets import load_digits
+
+    def rows(x):
+        return {bytes(np.ascontiguousarray(r)) for r in x}
+
+    places = [rows(data.x_test)] + [rows(c.x_train) for c in data.clients] + [
+        rows(c.x_test) for c in data.clients]
+    distinct = len(rows((load_digits().images / 16.0).astype(np.float32)[..., None]))
+    assert sum(len(p) for p in places) == len(set().union(*places)) == distinct
     assert len(data.y_test) == round(1797 * 0.2)
     client = data.clients[0]
     assert len(client.y_test) == int((len(client.y_train) + len(client.y_test)) * 0.25)

@@ -54,9 +54,13 @@ class TestInlineConformance:
         assert_same_history(torch_run.rounds, keras_run.rounds, atol=1e-3)
 
     def test_partial_participation_samples_clients(self, small):
-        result = sandbox.run(small(**{"federation.fraction_train": 0.5,
-                                      "federation.fraction_evaluate": 0.0}))
+        result = sandbox.run(small(rounds=4, **{"federation.fraction_train": 0.5,
+                                                "federation.fraction_evaluate": 0.0}))
         assert all(r["eval_accuracy"] is None for r in result.rounds)
+        chosen = json.loads((result.run_dir / "participation.json").read_text())
+        trained = [tuple(chosen[str(r)]["train"]) for r in range(1, 5)]
+        assert all(len(t) == 2 for t in trained) and len(set(trained)) > 1
+        assert all("evaluate" not in chosen[str(r)] for r in range(1, 5))
 
     def test_node_state_persists_across_rounds(self, small):
         from clients.app import STATE_KEY, make_client_app

@@ -255,10 +255,16 @@ def test_sigkill_and_resume_loses_no_trial_and_matches_uninterrupted(tmp_path):
 
 @pytest.mark.parametrize("sampler", ["cmaes", "gp"])
 def test_other_samplers_run(tmp_path, sampler):
-    from search import run_search
+    import optuna
 
-    trials = read_trials(run_search(write_study(tmp_path, n_trials=4, sampler=sampler,
-                                                rounds=2)))
+    from search import run_search
+    from search.config import Study
+    from search.optuna_backend import make_sampler
+
+    path = write_study(tmp_path, n_trials=4, sampler=sampler, rounds=2)
+    expected = {"cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler}
+    assert type(make_sampler(Study(path), seed=1)) is expected[sampler]  # no silent fallback
+    trials = read_trials(run_search(path))
     assert [t["state"] for t in trials] == ["COMPLETE"] * 4
     assert len({t["lr"] for t in trials}) == 4
 
