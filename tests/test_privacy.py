@@ -226,6 +226,11 @@ def test_client_level_dp_reports_epsilon_per_round(small, mode):
     assert eps[-1] == pytest.approx(google.get_epsilon(1e-5), rel=0.02)
     # Client-side clipping mods act on training replies only: evaluation still runs.
     assert all(row["eval_accuracy"] is not None for row in result.rounds[1:]), mode
+    # privacy.json says what ε rests on: 2 of 4 clients without replacement is not Poisson.
+    stated = json.loads((result.run_dir / "privacy.json").read_text())["assumptions"]
+    assert stated["client_level_upper_bound"] is False
+    assert "2 of 4 clients" in stated["client_level_sampling"]
+    assert "Renyi" in stated["accountant"] and "reproducible" in stated["noise_source"]
 
 
 def test_client_dp_wraps_a_real_flower_strategy(small):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sandbox.core.privacy.assumptions import accounting_assumptions
 from sandbox.core.results import (
     METRIC_COLUMNS,
     RunResult,
@@ -110,6 +111,7 @@ def privacy_report(cfg: Config, record: RunRecord, audits: dict) -> dict:
         "sample_dp": cfg.privacy.sample.enabled,
         "client_dp": cfg.privacy.client.mode,
         "accountant": cfg.privacy.accountant,
+        "assumptions": accounting_assumptions(cfg),
         "budget_epsilon": cfg.privacy.budget_epsilon or None,
         "stopped_early": None if record.budget_stop is None else asdict(record.budget_stop),
         "ledger": ledger.to_json(),
