@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     run = _command(commands, "run", "run one federated experiment from a TOML config",
                    "experiment TOML file (see configs/)",
                    "override a config key, e.g. data.alpha=0.1")
-    run.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress bar or summary table; print only the run directory")
     sweep = _command(commands, "sweep",
                      "run every combination of a config's [sweep] table (e.g. DP noise)",
                      "experiment TOML with a [sweep] table", "override a key of every run")
@@ -83,6 +84,7 @@ def _run(args) -> int:
     result = run(cfg)
     if not args.quiet:
         print_summary(cfg, result)
+    print(result.run_dir)  # on a line of its own (the table may cut it); --quiet: only this
     return 0
 
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import optuna
 
     from search.config import Study
+    from search.space import SearchSpace
 
 INTERRUPTED = StopReason.INTERRUPTED.value
 # Study user attribute: numbers of the trials a killed process left RUNNING.
@@ -135,8 +136,16 @@ def interrupted_trials(optuna_study: optuna.Study) -> set[int]:
     return {int(n) for n in optuna_study.user_attrs.get(INTERRUPTED_TRIALS, [])}
 
 
-def recover_interrupted(optuna_study: optuna.Study) -> list[int]:
-    """Mark trials a killed process left RUNNING as FAIL and enqueue their parameters."""
+def recover_interrupted(optuna_study: optuna.Study, space: SearchSpace | None = None
+                        ) -> list[int]:
+    """Mark trials a killed process left RUNNING as FAIL and enqueue their parameters.
+
+    Only a complete parameter set is enqueued (every parameter active for those values;
+    ``space`` says which). A process killed halfway through ``suggest_*`` leaves a
+    partial set: enqueued, the retry would draw the missing values from a different
+    point of the slot's random stream than an uninterrupted study; not enqueued, the
+    slot's seeded sampler proposes the same complete set again.
+    """
     from optuna.trial import TrialState
 
     running = optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -148,7 +157,7 @@ def recover_interrupted(optuna_study: optuna.Study) -> list[int]:
                                sorted(interrupted_trials(optuna_study) | set(recovered)))
     for trial in running:
         optuna_study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        if trial.params:
+        if trial.params and (space is None or space.is_complete(trial.params)):
             optuna_study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
     return recovered
 
@@ -329,7 +338,7 @@ def run_optuna(study: Study, *, resume: bool, study_path: Path,
     storage = make_storage(study)
     optuna_study = open_study(study, create=not resume, storage=storage)
     if resume:
-        recovered = recover_interrupted(optuna_study)
+        recovered = recover_interrupted(optuna_study, study.space)
         if recovered:
             print(f"resume: trials {recovered} were interrupted; re-enqueued their parameters")
     workers = study.settings.workers

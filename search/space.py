@@ -78,6 +78,10 @@ class SearchSpace:
         return all(parent in values and values[parent] in allowed
                    for parent, allowed in param.when.items())
 
+    def is_complete(self, values: dict[str, Any]) -> bool:
+        """True if ``values`` holds every parameter that is active for those values."""
+        return all(p.name in values for p in self.params if self.active(p.name, values))
+
     def describe(self) -> dict[str, dict[str, Any]]:
         return {p.name: p.describe() | {"when": {k: list(v) for k, v in p.when.items()}}
                 for p in self.params}

@@ -37,11 +37,16 @@ _TYPE_NAMES = {float: "a number", int: "an integer", bool: "true or false", str:
 
 @dataclass(frozen=True)
 class Arg:
-    """One ``federation.strategy_args`` key: its type, the strategy's default, its meaning."""
+    """One ``federation.strategy_args`` key: type, the strategy's default, meaning, range.
+
+    ``interval`` bounds numeric values, written as in mathematics: ``"[0, 1)"``,
+    ``"(0, inf)"``; empty for no bound.
+    """
 
     type: type
     default: Any
     doc: str = ""
+    interval: str = ""
 
     def accepts(self, value: Any) -> bool:
         if self.type is float:  # TOML writes 1 for 1.0
@@ -49,6 +54,14 @@ class Arg:
         if self.type is int:
             return isinstance(value, int) and not isinstance(value, bool)
         return isinstance(value, self.type)
+
+    def in_range(self, value: float) -> bool:
+        if not self.interval:
+            return True
+        low, high = (float(part) for part in self.interval[1:-1].split(","))
+        above = value > low if self.interval[0] == "(" else value >= low
+        below = value < high if self.interval[-1] == ")" else value <= high
+        return above and below
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,10 @@ def register(name: str, factory: StrategyFactory, *, args: Mapping[str, Arg],
         raise ValueError(f"strategy '{name}' is already registered")
     if name != name.lower():
         raise ValueError(f"strategy names are lower-case, got '{name}'")
+    for key, arg in args.items():  # a malformed interval or a default outside it
+        if not (arg.accepts(arg.default) and arg.in_range(arg.default)):
+            raise ValueError(f"strategy '{name}': default {arg.default!r} of {key} is not "
+                             f"a {arg.type.__name__} in {arg.interval or 'any range'}")
     entry = StrategyInfo(name, factory, dict(args), mean_aggregating, paper, sample_dp)
     _REGISTRY[name] = entry
     return entry
@@ -127,6 +144,10 @@ def check_strategy(cfg: FederationConfig) -> None:
             raise ConfigError(
                 f"federation.strategy_args.{key} = {value!r}: strategy '{entry.name}' needs "
                 f"{_TYPE_NAMES.get(arg.type, arg.type.__name__)} (default {arg.default!r})")
+        if not arg.in_range(value):
+            raise ConfigError(
+                f"federation.strategy_args.{key} = {value!r}: strategy '{entry.name}' needs "
+                f"a value in {arg.interval} (default {arg.default!r})")
 
 
 def build_strategy(cfg: FederationConfig, num_clients: int, *,

@@ -41,6 +41,7 @@ PAPER_DEFAULTS = {"fedavgm": {"server_momentum": 0.9}}
 _ETA = "server-side learning rate"
 _ETA_L = "client-side learning rate (Flower only logs it; clients use train.lr)"
 _TAU = "adaptivity: controls the algorithm's degree of adaptability"
+_POSITIVE, _UNIT = "(0, inf)", "[0, 1)"
 
 
 def stock_factory(name: str) -> StrategyFactory:
@@ -73,34 +74,37 @@ register("fedavg", stock_factory("fedavg"), args={}, mean_aggregating=True,
          paper="McMahan et al. 2017, Communication-Efficient Learning of Deep Networks "
                "from Decentralized Data (AISTATS)")
 register("fedavgm", stock_factory("fedavgm"), mean_aggregating=True, args={
-    "server_learning_rate": Arg(float, 1.0, "server-side learning rate"),
+    "server_learning_rate": Arg(float, 1.0, "server-side learning rate", "(0, inf)"),
     "server_momentum": Arg(float, 0.9, "server-side momentum (Flower's default 0.0 "
-                           "would make this plain FedAvg)"),
+                           "would make this plain FedAvg)", "[0, 1)"),
 }, paper="Hsu, Qi & Brown 2019, Measuring the Effects of Non-Identical Data Distribution "
          "for Federated Visual Classification")
 # The proximal term's gradient would be clipped and noised with the data gradients.
 register("fedprox", stock_factory("fedprox"), mean_aggregating=True, sample_dp=False, args={
-    "proximal_mu": Arg(float, 0.0, "weight mu of the clients' proximal term (mu/2)·‖w − w_t‖²"),
+    "proximal_mu": Arg(float, 0.0, "weight mu of the clients' proximal term (mu/2)·‖w − w_t‖²",
+                       "[0, inf)"),
 }, paper="Li et al. 2020, Federated Optimization in Heterogeneous Networks (MLSys)")
 _ADAPTIVE = "Reddi et al. 2021, Adaptive Federated Optimization (ICLR)"
 register("fedadam", stock_factory("fedadam"), mean_aggregating=True, args={
-    "eta": Arg(float, 0.1, _ETA), "eta_l": Arg(float, 0.1, _ETA_L),
-    "beta_1": Arg(float, 0.9, "momentum parameter"),
-    "beta_2": Arg(float, 0.99, "second moment parameter"), "tau": Arg(float, 0.001, _TAU),
+    "eta": Arg(float, 0.1, _ETA, _POSITIVE), "eta_l": Arg(float, 0.1, _ETA_L, _POSITIVE),
+    "beta_1": Arg(float, 0.9, "momentum parameter", _UNIT),
+    "beta_2": Arg(float, 0.99, "second moment parameter", _UNIT),
+    "tau": Arg(float, 0.001, _TAU, _POSITIVE),
 }, paper=_ADAPTIVE)
 register("fedadagrad", stock_factory("fedadagrad"), mean_aggregating=True, args={
-    "eta": Arg(float, 0.1, _ETA), "eta_l": Arg(float, 0.1, _ETA_L),
-    "tau": Arg(float, 0.001, _TAU),
+    "eta": Arg(float, 0.1, _ETA, _POSITIVE), "eta_l": Arg(float, 0.1, _ETA_L, _POSITIVE),
+    "tau": Arg(float, 0.001, _TAU, _POSITIVE),
 }, paper=_ADAPTIVE)
 register("fedyogi", stock_factory("fedyogi"), mean_aggregating=True, args={
-    "eta": Arg(float, 0.01, _ETA), "eta_l": Arg(float, 0.0316, _ETA_L),
-    "beta_1": Arg(float, 0.9, "momentum parameter"),
-    "beta_2": Arg(float, 0.99, "second moment parameter"), "tau": Arg(float, 0.001, _TAU),
+    "eta": Arg(float, 0.01, _ETA, _POSITIVE), "eta_l": Arg(float, 0.0316, _ETA_L, _POSITIVE),
+    "beta_1": Arg(float, 0.9, "momentum parameter", _UNIT),
+    "beta_2": Arg(float, 0.99, "second moment parameter", _UNIT),
+    "tau": Arg(float, 0.001, _TAU, _POSITIVE),
 }, paper=_ADAPTIVE)
 register("fedmedian", stock_factory("fedmedian"), args={}, mean_aggregating=False,
          paper="Yin et al. 2018, Byzantine-Robust Distributed Learning: Towards Optimal "
                "Statistical Rates (ICML)")
 register("fedtrimmedavg", stock_factory("fedtrimmedavg"), mean_aggregating=False, args={
-    "beta": Arg(float, 0.2, "fraction cut from each end before averaging"),
+    "beta": Arg(float, 0.2, "fraction cut from each end before averaging", "[0, 0.5)"),
 }, paper="Yin et al. 2018, Byzantine-Robust Distributed Learning: Towards Optimal "
          "Statistical Rates (ICML)")

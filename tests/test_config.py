@@ -177,3 +177,10 @@ def test_sweep_preflights_every_combination_before_writing(tmp_path):
                                           r".*cannot be met"):
         run_sweep(path, quiet=True)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("name", "hint"), [("dp_sweep", "fedsandbox sweep"),
+                                            ("search_digits", "fedsandbox search")])
+def test_sweep_and_study_files_given_to_run_say_which_command(name, hint):
+    with pytest.raises(ConfigError, match=hint):
+        load_config(ROOT / "configs" / f"{name}.toml")

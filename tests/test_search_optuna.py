@@ -150,3 +150,21 @@ def test_search_package_touches_no_private_attribute_of_another_library():
     found = {path.name: _private_accesses(path.read_text())
              for path in sorted((ROOT / "search").glob("*.py"))}
     assert len(found) >= 8 and not any(found.values()), found
+
+
+def test_a_partial_parameter_set_is_not_enqueued():
+    """Killed between two suggest calls: the slot's sampler re-proposes the whole set."""
+    import optuna
+
+    from search.optuna_backend import recover_interrupted
+    from search.space import SearchSpace
+
+    space = SearchSpace.from_dict({"x": {"type": "float", "low": 0, "high": 1},
+                                   "y": {"type": "float", "low": 0, "high": 1}})
+    both = {name: optuna.distributions.FloatDistribution(0, 1) for name in ("x", "y")}
+    study = optuna.create_study()
+    study.ask({"x": both["x"]})  # killed before it suggested y
+    complete = study.ask(both)
+    assert recover_interrupted(study, space) == [0, 1]
+    assert len([t for t in study.get_trials() if t.state.name == "WAITING"]) == 1
+    assert study.ask(both).params == complete.params  # only the complete set came back

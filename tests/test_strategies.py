@@ -69,6 +69,12 @@ def test_register_rejects_duplicates_and_capitals():
      "federation.strategy_args.eta = 'fast': strategy 'fedadam' needs a number"),
     ({"federation.strategy": "fedmedian", "privacy.client.mode": "server_fixed"},
      "federation.strategy 'fedmedian' is not one"),
+    ({"federation.strategy": "fedtrimmedavg", "federation.strategy_args": {"beta": 0.6}},
+     "federation.strategy_args.beta = 0.6: strategy 'fedtrimmedavg' needs a value in [0, 0.5)"),
+    ({"federation.strategy": "fedadam", "federation.strategy_args": {"eta": -1.0}},
+     "needs a value in (0, inf)"),
+    ({"federation.strategy": "fedavgm", "federation.strategy_args": {"server_momentum": 1}},
+     "needs a value in [0, 1)"),
     ({"federation.strategy": "fedprox", "privacy.sample.enabled": True},
      "federation.strategy='fedprox' with privacy.sample.enabled is not supported"),
 ])
@@ -84,6 +90,8 @@ def test_registry_errors_name_key_and_allowed(tmp_path, overrides, needle):
     (["privacy.sample.enabled=true", "privacy.sample.target_epsilon=0.0001",
       "privacy.delta=1e-9"], "privacy.sample.target_epsilon=0.0001 cannot be met"),
     (["model.arch=cnn", "data.dataset=synthetic"], "model.arch='cnn' needs"),
+    (["output.dir=/proc/no-such-dir"], "output.dir = '/proc/no-such-dir': cannot write"),
+    (["output.dir=" + str(ROOT / "README.md") + "/runs"], "is a file, not a directory"),
 ])
 def test_preflight_errors_come_before_any_output(tmp_path, overrides, needle):
     """Exit code 2, one message, and no results directory at all."""
@@ -113,7 +121,8 @@ def test_config_docs_list_every_strategy_and_argument():
         assert row, f"configs/README.md has no row for strategy {name}"
         assert ("| yes |" in row) == entry.mean_aggregating, row
         for key, arg in entry.args.items():
-            assert f"`{key}` ({arg.default})" in row, (name, key)
+            assert f"`{key}` ({arg.default}" in row, (name, key)
+            assert arg.interval in row, (name, key)
 
 
 def test_fedavgm_uses_its_papers_server_momentum(small):

@@ -163,10 +163,7 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
             f"data.label_column: '{label_column}' is not a column of {path}; columns: {header}"
         )
     label_at = header.index(label_column)
-    try:
-        table = np.array(body, dtype=np.float64)
-    except ValueError as exc:
-        raise DataError(f"data.path: {path} has a non-numeric cell: {exc}") from None
+    table = _numeric_table(path, header, body)
     x = np.delete(table, label_at, axis=1).astype(np.float32)
     columns = [name for i, name in enumerate(header) if i != label_at]
     bad = [name for name, finite in zip(columns, np.isfinite(x).all(axis=0), strict=True)
@@ -178,6 +175,27 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
             f"column(s) {bad or [label_column]}, first in data row "
             f"{int(np.flatnonzero(rows_bad)[0]) + 1}")
     return x, _as_labels(table[:, label_at], path)
+
+
+def _numeric_table(path: Path, header: list[str], body: list[list[str]]) -> np.ndarray:
+    """The CSV body as float64; a short row or a non-numeric cell names row and column."""
+    for row_number, row in enumerate(body, 1):
+        if len(row) != len(header):
+            raise DataError(f"data.path: {path}: data row {row_number} has {len(row)} cells, "
+                            f"the header has {len(header)}")
+    try:
+        return np.array(body, dtype=np.float64)
+    except ValueError:
+        pass
+    for row_number, row in enumerate(body, 1):
+        for column, cell in zip(header, row, strict=True):
+            try:
+                float(cell)
+            except ValueError:
+                raise DataError(f"data.path: {path}: data row {row_number}, column "
+                                f"'{column}' is {cell!r}, not a number (empty cells are "
+                                "not allowed)") from None
+    raise DataError(f"data.path: {path}: cannot read the cells as numbers")
 
 
 def _as_labels(y: np.ndarray, path: Path) -> np.ndarray:

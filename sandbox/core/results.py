@@ -7,7 +7,8 @@ A finished run's directory (written by :mod:`sandbox.engine.rundir`)::
                            final metrics, ε
     metrics.json / .csv    one row per round (round 0 = initial model), METRIC_COLUMNS;
                            deterministic: same config + seed -> the same bytes
-    timings.json           wall seconds per round (the only non-deterministic numbers)
+    timings.json           wall seconds per row (row 0: start-up and the initial model's
+                           evaluation); the only non-deterministic numbers
     partition_stats.json   samples and label histogram per client
     participation.json     the partition ids chosen each round, for training and evaluation
     partitions.png         the same as stacked bars

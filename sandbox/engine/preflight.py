@@ -11,6 +11,8 @@ data), the model against the data's shape, and the DP calibration of every clien
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,10 @@ def load_config(
     """
     raw: dict[str, Any] = {} if path is None else read_toml(path, "config")
     source = "defaults" if path is None else str(path)
+    for table, command in (("sweep", "sweep"), ("study", "search")):
+        if table in raw:
+            raise ConfigError(f"{source} has a [{table}] table: it is a {table} file; "
+                              f"run it with `fedsandbox {command} {source}`")
     for key, value in parse_overrides(overrides):
         set_dotted(raw, key, value)
     return validate_config(raw, source=source)
@@ -103,10 +109,27 @@ def preflight(cfg: Config) -> Prepared:
         Naming the key or file and what is allowed.
     """
     check_config(cfg)
+    check_output_dir(Path(cfg.output.dir))
     data = load_experiment_data(cfg)
     spec = wire.model_spec_for(cfg)
     _check_client_sizes(cfg, data)
     return Prepared(data, spec, _sample_plans(cfg, data))
+
+
+def check_output_dir(path: Path) -> None:
+    """``output.dir`` can be created and written (nothing is left behind to find out)."""
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output.dir = '{path}': '{existing}' is a file, not a directory")
+    try:  # a probe directory, removed at once (permissions alone miss read-only mounts)
+        os.rmdir(tempfile.mkdtemp(prefix=".fedsandbox-probe-", dir=existing))
+    except OSError as exc:
+        raise ConfigError(f"output.dir = '{path}': cannot write in '{existing}' "
+                          f"({exc.strerror})") from None
 
 
 def _check_client_sizes(cfg: Config, data: FederatedData) -> None:
