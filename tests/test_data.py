@@ -184,20 +184,12 @@ def test_npz_rejects_non_finite_features_and_sparse_labels(tmp_path, x_value, la
 
 @pytest.mark.parametrize(("cell", "needle"), [
     ("nan", r"non-finite cells .* column\(s\) \['b'\], first in data row 2"),
-    ("inf", r"column\(s\) \['b'\]"), ("-Infinity", r"column\(s\) \['b'\]")])
-def test_csv_rejects_non_finite_cells_naming_the_column(tmp_path, cell, needle):
-    lines = ["a,b,label", "0.1,0.2,0", f"0.3,{cell},1"] + [f"{i},{i},{i % 2}" for i in range(20)]
-    (tmp_path / "d.csv").write_text("\n".join(lines))
-    with pytest.raises(DataError, match=needle):
-        load_federated_data(DataConfig(dataset="csv", path=str(tmp_path / "d.csv"),
-                                       num_clients=2, partitioner="iid"), 0)
-
-
-@pytest.mark.parametrize(("cell", "needle"), [
+    ("inf", r"column\(s\) \['b'\]"), ("-Infinity", r"column\(s\) \['b'\]"),
+    ("1e39", r"beyond float32\) in column\(s\) \['b'\], first in data row 2"),
     ("", r"data row 2, column 'b' is '', not a number"),
     ("abc", r"data row 2, column 'b' is 'abc'"),
     ("0.2,9", r"data row 2 has 4 cells, the header has 3")])
-def test_csv_rejects_unreadable_cells_naming_row_and_column(tmp_path, cell, needle):
+def test_csv_rejects_bad_cells_naming_row_and_column(tmp_path, cell, needle):
     lines = ["a,b,label", "0.1,0.2,0", f"0.3,{cell},1"] + [f"{i},{i},{i % 2}" for i in range(20)]
     (tmp_path / "d.csv").write_text("\n".join(lines))
     with pytest.raises(DataError, match=needle):

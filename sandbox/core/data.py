@@ -169,7 +169,8 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
     bad = [name for name, finite in zip(columns, np.isfinite(x).all(axis=0), strict=True)
            if not finite]
     if bad or not np.isfinite(table[:, label_at]).all():
-        rows_bad = ~np.isfinite(table).all(axis=1)
+        # float32 features: a cell beyond float32's range is finite in ``table`` only
+        rows_bad = ~(np.isfinite(x).all(axis=1) & np.isfinite(table[:, label_at]))
         raise DataError(
             f"data.path: {path} has non-finite cells (NaN, inf or beyond float32) in "
             f"column(s) {bad or [label_column]}, first in data row "
