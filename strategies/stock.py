@@ -85,22 +85,24 @@ register("fedprox", stock_factory("fedprox"), mean_aggregating=True, sample_dp=F
                        "[0, inf)"),
 }, paper="Li et al. 2020, Federated Optimization in Heterogeneous Networks (MLSys)")
 _ADAPTIVE = "Reddi et al. 2021, Adaptive Federated Optimization (ICLR)"
-register("fedadam", stock_factory("fedadam"), mean_aggregating=True, args={
-    "eta": Arg(float, 0.1, _ETA, _POSITIVE), "eta_l": Arg(float, 0.1, _ETA_L, _POSITIVE),
-    "beta_1": Arg(float, 0.9, "momentum parameter", _UNIT),
-    "beta_2": Arg(float, 0.99, "second moment parameter", _UNIT),
-    "tau": Arg(float, 0.001, _TAU, _POSITIVE),
-}, paper=_ADAPTIVE)
-register("fedadagrad", stock_factory("fedadagrad"), mean_aggregating=True, args={
-    "eta": Arg(float, 0.1, _ETA, _POSITIVE), "eta_l": Arg(float, 0.1, _ETA_L, _POSITIVE),
-    "tau": Arg(float, 0.001, _TAU, _POSITIVE),
-}, paper=_ADAPTIVE)
-register("fedyogi", stock_factory("fedyogi"), mean_aggregating=True, args={
-    "eta": Arg(float, 0.01, _ETA, _POSITIVE), "eta_l": Arg(float, 0.0316, _ETA_L, _POSITIVE),
-    "beta_1": Arg(float, 0.9, "momentum parameter", _UNIT),
-    "beta_2": Arg(float, 0.99, "second moment parameter", _UNIT),
-    "tau": Arg(float, 0.001, _TAU, _POSITIVE),
-}, paper=_ADAPTIVE)
+
+
+def _fedopt_args(eta: float, eta_l: float, *, moments: bool) -> dict[str, Arg]:
+    """The arguments of Flower's FedOpt family with one variant's defaults."""
+    args = {"eta": Arg(float, eta, _ETA, _POSITIVE),
+            "eta_l": Arg(float, eta_l, _ETA_L, _POSITIVE)}
+    if moments:  # FedAdam, FedYogi (FedAdagrad has no momentum terms)
+        args |= {"beta_1": Arg(float, 0.9, "momentum parameter", _UNIT),
+                 "beta_2": Arg(float, 0.99, "second moment parameter", _UNIT)}
+    return args | {"tau": Arg(float, 0.001, _TAU, _POSITIVE)}
+
+
+register("fedadam", stock_factory("fedadam"), mean_aggregating=True,
+         args=_fedopt_args(0.1, 0.1, moments=True), paper=_ADAPTIVE)
+register("fedadagrad", stock_factory("fedadagrad"), mean_aggregating=True,
+         args=_fedopt_args(0.1, 0.1, moments=False), paper=_ADAPTIVE)
+register("fedyogi", stock_factory("fedyogi"), mean_aggregating=True,
+         args=_fedopt_args(0.01, 0.0316, moments=True), paper=_ADAPTIVE)
 register("fedmedian", stock_factory("fedmedian"), args={}, mean_aggregating=False,
          paper="Yin et al. 2018, Byzantine-Robust Distributed Learning: Towards Optimal "
                "Statistical Rates (ICML)")

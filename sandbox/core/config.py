@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sandbox.core.errors import ConfigError
+from sandbox.core.sampling import sample_size
 from sandbox.core.tomlio import dict_to_toml
 
 Framework = Literal["torch", "keras"]
@@ -119,8 +120,8 @@ class FederationConfig(_Section):
     strategy_args: dict[str, float | int | bool | str] = Field(default_factory=dict)
 
     def clients_per_round(self, num_clients: int) -> int:
-        """How many clients Flower's strategies sample each round (``fraction_train``)."""
-        return max(int(num_clients * self.fraction_train), 1)
+        """How many clients train each round (``fraction_train``; see core.sampling)."""
+        return sample_size(num_clients, self.fraction_train)
 
 
 ClientDPMode = Literal["off", "server_fixed", "client_fixed", "server_adaptive", "client_adaptive"]

@@ -24,7 +24,7 @@ from sandbox.core.data import FederatedData
 from sandbox.core.errors import ConfigError, DataError
 from sandbox.core.experiment import load_experiment_data
 from sandbox.core.models import ModelSpec
-from sandbox.core.privacy import SampleDPPlan, sample_dp_plan
+from sandbox.core.privacy import SampleDPPlan, sample_dp_plans
 from sandbox.core.tomlio import parse_overrides, read_toml, set_dotted
 
 
@@ -149,10 +149,8 @@ def _check_client_sizes(cfg: Config, data: FederatedData) -> None:
 
 def _sample_plans(cfg: Config, data: FederatedData) -> dict[int, SampleDPPlan]:
     """Every client's DP-SGD plan; a target ε that no noise can meet is a ConfigError."""
-    if not cfg.privacy.sample.enabled:
-        return {}
     try:
-        return {pid: sample_dp_plan(cfg, len(c.y_train)) for pid, c in enumerate(data.clients)}
+        return sample_dp_plans(cfg, data)
     except ValueError as exc:
         target = cfg.privacy.sample.target_epsilon
         raise ConfigError(

@@ -19,7 +19,7 @@ from clients import get_evaluator
 from sandbox.core import wire
 from sandbox.core.errors import BudgetExhausted
 from sandbox.core.experiment import load_experiment_data
-from sandbox.core.privacy import sample_dp_plan
+from sandbox.core.privacy import sample_dp_plans
 
 if TYPE_CHECKING:
     from flwr.serverapp.strategy import Result
@@ -69,10 +69,8 @@ def build_accounted_strategy(cfg: Config, initial_arrays: ArrayRecord, *, source
                                          weighted_by_key=weight_key)
     if client_dp:
         strategy = strategies.wrap_client_dp(strategy, cfg)
-    plans = {}
-    if cfg.privacy.sample.enabled:
-        plans = {pid: sample_dp_plan(cfg, len(c.y_train)) for pid, c in enumerate(data.clients)}
-    return strategies.accounted(strategy, cfg, plans, initial_arrays=initial_arrays,
+    return strategies.accounted(strategy, cfg, sample_dp_plans(cfg, data),
+                                initial_arrays=initial_arrays,
                                 source=source, prior=prior)
 
 

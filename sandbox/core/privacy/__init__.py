@@ -6,7 +6,12 @@ Pure numpy/scipy apart from the accountant calls into Opacus (imported lazily), 
 
 from sandbox.core.privacy.accounting import ACCOUNTANTS, RDP_ORDERS, epsilon, noise_for_target
 from sandbox.core.privacy.ledger import FEDERATION, Mechanism, PrivacyLedger
-from sandbox.core.privacy.plan import SampleDPPlan, client_dp_rate, sample_dp_plan
+from sandbox.core.privacy.plan import (
+    SampleDPPlan,
+    client_dp_rate,
+    sample_dp_plan,
+    sample_dp_plans,
+)
 
 __all__ = [
     "ACCOUNTANTS",
@@ -19,4 +24,5 @@ __all__ = [
     "epsilon",
     "noise_for_target",
     "sample_dp_plan",
+    "sample_dp_plans",
 ]

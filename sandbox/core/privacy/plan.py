@@ -14,6 +14,7 @@ from sandbox.core.privacy.accounting import noise_for_target
 
 if TYPE_CHECKING:
     from sandbox.core.config import Config
+    from sandbox.core.data import FederatedData
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,13 @@ class SampleDPPlan:
 def sample_dp_plan(cfg: Config, num_examples: int) -> SampleDPPlan:
     """DP-SGD parameters of a client holding ``num_examples`` training examples."""
     return _sample_dp_plan(cfg.privacy, cfg.train, cfg.rounds, num_examples)
+
+
+def sample_dp_plans(cfg: Config, data: FederatedData) -> dict[int, SampleDPPlan]:
+    """Every client's plan by partition id (empty without sample-level DP)."""
+    if not cfg.privacy.sample.enabled:
+        return {}
+    return {pid: sample_dp_plan(cfg, len(c.y_train)) for pid, c in enumerate(data.clients)}
 
 
 @functools.lru_cache(maxsize=4096)
