@@ -35,7 +35,8 @@ def bench_config(framework: str, clients: int, rounds: int, backend: str) -> san
         "name": f"bench-{clients}", "seed": 0, "framework": framework, "backend": backend,
         "rounds": rounds,
         "data.dataset": "mnist1d", "data.num_samples": max(4000, 50 * clients),
-        "data.num_clients": clients, "data.partitioner": "iid", "data.test_fraction": 0.0,
+        "data.num_clients": clients, "data.partitioner": "iid",
+        "data.client_validation_fraction": 0.0,
         "model.arch": "mlp", "model.hidden": [64, 64],
         "train.local_steps": 5, "train.batch_size": 32, "train.lr": 0.05,
         "federation.fraction_evaluate": 0.0, "output.progress": False,
@@ -71,7 +72,7 @@ class _Final:
     prior_ledger = None
 
     def round_finished(self, server_round, metrics):
-        self.accuracy = metrics["accuracy"]
+        self.accuracy = metrics["central_test_accuracy"]
 
     def strategy_started(self, accounted): ...
 

@@ -29,6 +29,9 @@ def make_client_app(cfg: Config) -> ClientApp:
     """Build the ``ClientApp`` for experiment ``cfg``."""
     app = ClientApp()
     private = cfg.privacy.sample.enabled
+    # privacy.secure_rng: DP-SGD noise and batch membership from the OS's CSPRNG (see
+    # clients.schedule.SecureRandom); without sample-level DP there is neither.
+    secure = private and cfg.privacy.secure_rng
 
     def local(context: Context) -> tuple[int, ClientData, ModelSpec, Trainer]:
         # Everything here is cached per process (the app itself must stay picklable).
@@ -45,7 +48,8 @@ def make_client_app(cfg: Config) -> ClientApp:
         partition_id, data, spec, trainer = local(context)
         trainer.set_weights(wire.record_to_arrays(spec, msg.content[wire.ARRAYS]))
         server_round = int(msg.content[wire.CONFIG][wire.SERVER_ROUND])
-        rng, framework_seed = client_randomness(cfg.seed, server_round, partition_id)
+        rng, framework_seed = client_randomness(cfg.seed, server_round, partition_id,
+                                                secure=secure)
         n = len(data.y_train)
         metrics = MetricRecord({wire.NUM_EXAMPLES: n, wire.UNIT_WEIGHT: 1.0,
                                 wire.PARTITION_ID: partition_id})
@@ -54,7 +58,7 @@ def make_client_app(cfg: Config) -> ClientApp:
             schedule = (poisson_schedule(n, plan.sample_rate, plan.steps, rng) if plan.poisson
                         else batch_schedule(n, cfg.train, rng))
             loss = trainer.fit(data.x_train, data.y_train, schedule, seed=framework_seed,
-                               dp=plan)
+                               dp=plan, secure_rng=secure)
             metrics[wire.DP_EPSILON] = account_round(
                 context, plan, method=cfg.privacy.accountant, delta=cfg.privacy.delta)
             metrics[wire.DP_NOISE_MULTIPLIER] = plan.noise_multiplier
@@ -80,10 +84,10 @@ def make_client_app(cfg: Config) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         _, data, spec, trainer = local(context)
         trainer.set_weights(wire.record_to_arrays(spec, msg.content[wire.ARRAYS]))
-        loss, accuracy = trainer.evaluate(data.x_test, data.y_test)
+        loss, accuracy = trainer.evaluate(data.x_val, data.y_val)
         metrics = MetricRecord(
             {wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: accuracy,
-             wire.NUM_EXAMPLES: len(data.y_test), wire.UNIT_WEIGHT: 1.0}
+             wire.NUM_EXAMPLES: len(data.y_val), wire.UNIT_WEIGHT: 1.0}
         )
         return Message(RecordDict({wire.METRICS: metrics}), reply_to=msg)
 

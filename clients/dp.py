@@ -50,9 +50,12 @@ def account_round(context: Context, plan: SampleDPPlan, *, method: str, delta: f
 def client_mods(mode: str) -> list:
     """ClientApp mods that client-side clipping needs (Flower's clipping mods).
 
-    ``mode`` is ``privacy.client.mode``: ``client_fixed`` clips each update to a fixed
-    norm on the client (McMahan et al. 2018), ``client_adaptive`` also reports whether it
-    clipped, for the server's adaptive norm (Andrew et al. 2021).
+    ``mode`` is ``privacy.client.mode``: ``client_fixed`` clips each update to the norm
+    the server sends (McMahan et al. 2018), ``client_adaptive`` also reports whether it
+    clipped, for the server's adaptive norm (Andrew et al. 2021). The server side
+    (``strategies.client_dp``) sends the norm and reads the bit under the keys these mods
+    use (``flwr.supercore.differential_privacy.KEY_CLIPPING_NORM`` / ``KEY_NORM_BIT``).
+    Apply them to training messages only: evaluation and queries carry no update.
     """
     from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 

@@ -7,9 +7,15 @@ DP-SGD (Abadi et al. 2016) runs in the same kind of loop: per-example gradients 
 from one batched backward pass (``clients.keras_dp``, the layer-wise trick Opacus uses),
 each example's gradient is clipped to global L2 norm
 ``max_grad_norm``, the clipped gradients are summed, Gaussian noise of std
-``noise_multiplier * max_grad_norm`` is added (stateless, seeded per step) and the sum is
-divided by the expected batch size. Accounting uses the same Opacus accountant as torch
-clients (``clients.dp``).
+``noise_multiplier * max_grad_norm`` is added and the sum is divided by the expected batch
+size. The noise is drawn inside the loop (``tf.random.stateless_normal``, seeded per step),
+or, with ``privacy.secure_rng``, drawn beforehand from :func:`os.urandom`
+(:func:`clients.schedule.secure_noise`) and fed to the loop one row per step. Accounting
+uses the same Opacus accountant as torch clients (``clients.dp``).
+
+Schedule rows may be padded with :data:`clients.schedule.PAD` (the partial last batch of
+an epoch, Poisson batches): padded entries are gathered at a safe index and weighted 0,
+so every step keeps one compiled shape and averages over the real examples only.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from clients.keras_dp import clipped_gradient_sum  # noqa: E402
-from clients.schedule import PAD  # noqa: E402
+from clients.schedule import PAD, secure_noise  # noqa: E402
 from sandbox.core.config import TrainConfig  # noqa: E402
 from sandbox.core.models import ModelSpec  # noqa: E402
 from sandbox.core.privacy import SampleDPPlan  # noqa: E402
@@ -72,7 +78,10 @@ class KerasTrainer:
         self.optimizer = _optimizer(cfg)
         self.optimizer.build(self.model.trainable_variables)
         self._optimizer_start = [v.numpy() for v in self.optimizer.variables]
-        self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        # Mean over the real examples of a batch: padded entries carry sample weight 0.
+        self.loss_fn = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="mean_with_sample_weight")
+        self._num_weights = sum(int(np.prod(v.shape)) for v in self.model.trainable_variables)
         self._seed_generators = [
             layer.seed_generator for layer in self.model.layers
             if isinstance(layer, keras.layers.Dropout)
@@ -87,11 +96,17 @@ class KerasTrainer:
                                   input_signature=signature)
         self._train_proximal = tf.function(functools.partial(self._train_steps, proximal=True),
                                            input_signature=signature)
+        scalar = tf.TensorSpec((), tf.float32)
         self._private_train = tf.function(
-            self._private_steps,
-            input_signature=[x_spec, y_spec, tf.TensorSpec((None, None), tf.int64),
-                             *(tf.TensorSpec((), tf.float32) for _ in range(3)),
+            self._seeded_private_steps,
+            input_signature=[x_spec, y_spec, signature[2], scalar, scalar, scalar,
                              tf.TensorSpec((), tf.int64)],
+        )
+        self._secure_private_train = tf.function(
+            self._secure_private_steps,
+            input_signature=[x_spec, y_spec, signature[2],
+                             tf.TensorSpec((None, self._num_weights), tf.float32), scalar,
+                             scalar],
         )
         self._logits = tf.function(
             lambda x: self.model(x, training=False), input_signature=[x_spec]
@@ -109,9 +124,11 @@ class KerasTrainer:
         total = tf.constant(0.0)
         for row in tf.range(tf.shape(schedule)[0]):
             idx = schedule[row]
-            xb, yb = tf.gather(x, idx), tf.gather(y, idx)
+            mask = tf.cast(idx != PAD, tf.float32)
+            safe = tf.maximum(idx, 0)
+            xb, yb = tf.gather(x, safe), tf.gather(y, safe)
             with tf.GradientTape() as tape:
-                loss = self.loss_fn(yb, self.model(xb, training=True))
+                loss = self.loss_fn(yb, self.model(xb, training=True), sample_weight=mask)
                 objective = loss
                 if proximal:  # FedProx (Li et al. 2020): (mu/2) ||w - w_global||^2
                     objective += proximal_mu / 2 * tf.add_n([
@@ -138,34 +155,63 @@ class KerasTrainer:
         self, xb: tf.Tensor, yb: tf.Tensor, mask: tf.Tensor, noise_std: tf.Tensor,
         clip: tf.Tensor, expected_batch: tf.Tensor, seed: tf.Tensor,
     ) -> tuple[list[tf.Tensor], tf.Tensor]:
-        """DP-SGD gradient: (clipped sum + N(0, noise_std^2)) / expected_batch."""
+        """DP-SGD gradient: (clipped sum + N(0, noise_std^2)) / expected_batch, seeded."""
         sums, mean_loss = self.clipped_gradient_sum(xb, yb, mask, clip)
         sizes = [tf.size(total) for total in sums]
         noise = tf.random.stateless_normal(
             tf.reshape(tf.add_n(sizes), (1,)), seed=tf.stack([seed, tf.constant(0, tf.int64)]),
             stddev=noise_std,
         )
-        grads = [
-            (total + tf.reshape(part, tf.shape(total))) / expected_batch
-            for total, part in zip(sums, tf.split(noise, sizes), strict=True)
-        ]
-        return grads, mean_loss
+        return _add_noise(sums, noise, expected_batch), mean_loss
 
-    def _private_steps(self, x, y, schedule, noise_std, clip, expected_batch, seed):
+    def _private_steps(self, x, y, schedule, gradient):
+        """One DP-SGD step per row; ``gradient(row, xb, yb, mask)`` gives the noisy mean.
+
+        Returns the summed mean loss of the steps and how many steps had examples.
+        """
         variables = self.model.trainable_variables
-        total = tf.constant(0.0)
+        total, nonempty = tf.constant(0.0), tf.constant(0.0)
         for row in tf.range(tf.shape(schedule)[0]):
             idx = schedule[row]
             mask = tf.cast(idx != PAD, tf.float32)
             safe = tf.maximum(idx, 0)
-            step_seed = seed * 1_000_003 + tf.cast(row, tf.int64)
-            grads, loss = self.noisy_gradient(
-                tf.gather(x, safe), tf.gather(y, safe), mask, noise_std, clip,
-                expected_batch, step_seed,
-            )
+            grads, loss = gradient(row, tf.gather(x, safe), tf.gather(y, safe), mask)
             self.optimizer.apply_gradients(zip(grads, variables, strict=True))
-            total += loss
-        return total / tf.cast(tf.shape(schedule)[0], tf.float32)
+            total += loss  # 0 for an empty batch, which the count leaves out
+            nonempty += tf.minimum(tf.reduce_sum(mask), 1.0)
+        return tf.stack([total, nonempty])
+
+    def _seeded_private_steps(self, x, y, schedule, noise_std, clip, expected_batch, seed):
+        def gradient(row, xb, yb, mask):
+            step_seed = seed * 1_000_003 + tf.cast(row, tf.int64)
+            return self.noisy_gradient(xb, yb, mask, noise_std, clip, expected_batch,
+                                       step_seed)
+
+        return self._private_steps(x, y, schedule, gradient)
+
+    def _secure_private_steps(self, x, y, schedule, noise, clip, expected_batch):
+        def gradient(row, xb, yb, mask):
+            sums, loss = self.clipped_gradient_sum(xb, yb, mask, clip)
+            return _add_noise(sums, noise[row], expected_batch), loss
+
+        return self._private_steps(x, y, schedule, gradient)
+
+    def _fit_secure(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray,
+                    dp: SampleDPPlan) -> tf.Tensor:
+        """DP-SGD with noise from the OS's CSPRNG, drawn before each compiled call.
+
+        The rows go in chunks of about 2^20 noise values (4 MB of float32; the float64
+        draws behind them peak near 100 MB), one compiled call per chunk.
+        """
+        std = dp.noise_multiplier * dp.max_grad_norm
+        rows = max(1, (1 << 20) // self._num_weights)
+        sums = tf.zeros(2)
+        for start in range(0, len(schedule), rows):
+            chunk = schedule[start : start + rows]
+            noise = secure_noise((len(chunk), self._num_weights), std).astype(np.float32)
+            sums += self._secure_private_train(x, y, chunk, noise, np.float32(dp.max_grad_norm),
+                                               np.float32(dp.expected_batch))
+        return sums
 
     def _reset_state(self, seed: int) -> None:
         # A fresh optimizer each round (as FedAvg clients do) without retracing the step.
@@ -175,7 +221,8 @@ class KerasTrainer:
             generator.state.assign(np.array([seed, 0], dtype=generator.state.dtype))
 
     def fit(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int,
-            dp: SampleDPPlan | None = None, proximal_mu: float = 0.0) -> float:
+            dp: SampleDPPlan | None = None, proximal_mu: float = 0.0,
+            secure_rng: bool = False) -> float:
         if (dp is not None) != self.private:
             raise ValueError("a private trainer needs a DP plan, a plain one must not get one")
         self._reset_state(seed)
@@ -186,10 +233,14 @@ class KerasTrainer:
                                         strict=True):
                 anchor.assign(variable)
             return float(self._train_proximal(x, y, schedule, np.float32(proximal_mu)))
-        return float(self._private_train(
-            x, y, schedule, np.float32(dp.noise_multiplier * dp.max_grad_norm),
-            np.float32(dp.max_grad_norm), np.float32(dp.expected_batch), np.int64(seed),
-        ))
+        if secure_rng:
+            total, nonempty = self._fit_secure(x, y, schedule, dp).numpy()
+        else:
+            total, nonempty = self._private_train(
+                x, y, schedule, np.float32(dp.noise_multiplier * dp.max_grad_norm),
+                np.float32(dp.max_grad_norm), np.float32(dp.expected_batch), np.int64(seed),
+            ).numpy()
+        return float(total) / max(float(nonempty), 1.0)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         logits = self.logits(x)
@@ -202,3 +253,11 @@ class KerasTrainer:
     def logits(self, x: np.ndarray) -> np.ndarray:
         parts = [self._logits(x[s : s + 4096]).numpy() for s in range(0, len(x), 4096)]
         return np.concatenate(parts) if parts else np.zeros((0, self.spec.num_classes))
+
+
+def _add_noise(sums: list[tf.Tensor], noise: tf.Tensor,
+               expected_batch: tf.Tensor) -> list[tf.Tensor]:
+    """(clipped sums + flat ``noise`` split per variable) / expected batch."""
+    sizes = [tf.size(total) for total in sums]
+    return [(total + tf.reshape(part, tf.shape(total))) / expected_batch
+            for total, part in zip(sums, tf.split(noise, sizes), strict=True)]

@@ -2,52 +2,96 @@
 
 A schedule is an index matrix ``(steps, batch)`` into a client's training arrays; both
 trainers run one optimizer step per row, so torch and Keras clients see identical batches.
+Rows shorter than the matrix are padded at the end with :data:`PAD` (the last batch of an
+epoch, Poisson batches); a trainer's step uses only the real entries of its row.
 """
 
 from __future__ import annotations
 
-import math
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sandbox.core.privacy.noise import gaussian
+
 if TYPE_CHECKING:
     from sandbox.core.config import TrainConfig
 
-#: Padding value in Poisson schedules (rows have different batch sizes).
+#: Padding value of schedule rows that hold fewer examples than the matrix is wide.
 PAD = -1
+
+_UNIT = 2.0 ** -53  # spacing of 53-bit uniforms in [0, 1)
+
+
+class SecureRandom:
+    """The draws a schedule needs (``random``, ``permutation``) from :func:`os.urandom`.
+
+    Stands in for the seeded ``numpy.random.Generator`` under ``privacy.secure_rng``, so
+    which examples a DP-SGD batch holds cannot be reconstructed from the run's seed: the
+    amplification by sampling that the accountant credits assumes the batches are secret.
+    """
+
+    def random(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Uniform float64 draws in [0, 1) with 53 random bits each."""
+        count = int(np.prod(shape, dtype=np.int64))
+        bits = np.frombuffer(os.urandom(8 * count), dtype=np.uint64) >> 11
+        return (bits.astype(np.float64) * _UNIT).reshape(shape)
+
+    def permutation(self, items: int | np.ndarray) -> np.ndarray:
+        """A uniformly random order: sorting by independent 64-bit keys (ties ~ n²/2⁶⁵)."""
+        values = np.arange(items) if np.ndim(items) == 0 else np.asarray(items)
+        keys = np.frombuffer(os.urandom(8 * len(values)), dtype=np.uint64)
+        return values[np.argsort(keys, kind="stable")]
+
+
+RandomSource = np.random.Generator | SecureRandom
 
 
 def client_randomness(
-    seed: int, server_round: int, partition_id: int
-) -> tuple[np.random.Generator, int]:
-    """Batch-order generator and framework seed (dropout) for one client in one round.
+    seed: int, server_round: int, partition_id: int, *, secure: bool = False
+) -> tuple[RandomSource, int]:
+    """Batch-order source and framework seed (dropout) for one client in one round.
 
     Derived from (run seed, round, partition id) only, so it does not depend on message
-    delivery order or on the backend.
+    delivery order or on the backend. ``secure`` (``privacy.secure_rng`` with DP-SGD)
+    replaces the batch-order generator by :class:`SecureRandom`; the framework seed
+    stays seed-derived (dropout masks are not a privacy mechanism).
     """
     sequence = np.random.SeedSequence([seed, server_round, partition_id])
-    return np.random.default_rng(sequence), int(sequence.generate_state(1)[0] & 0x7FFFFFFF)
+    framework_seed = int(sequence.generate_state(1)[0] & 0x7FFFFFFF)
+    source = SecureRandom() if secure else np.random.default_rng(sequence)
+    return source, framework_seed
 
 
-def batch_schedule(
-    num_examples: int, cfg: TrainConfig, rng: np.random.Generator
-) -> np.ndarray:
-    """Index matrix ``(steps, batch)``: rows are mini-batches of a reshuffled stream.
+def batch_schedule(num_examples: int, cfg: TrainConfig, rng: RandomSource) -> np.ndarray:
+    """Index matrix ``(steps, batch)`` of one round's mini-batches, ``batch = min(b, n)``.
 
-    ``train.local_steps`` gives the number of rows directly; ``train.local_epochs`` gives
-    ``epochs * ceil(n / batch)`` rows. Batches have a fixed size ``min(batch_size, n)``:
-    the stream of per-epoch permutations wraps across epoch boundaries instead of
-    emitting a short last batch, which keeps one compiled step shape per client.
+    ``train.local_epochs = E``: exact passes over the data. Each epoch is a fresh
+    permutation cut into ``ceil(n / batch)`` batches; the last one holds the remaining
+    ``n mod batch`` examples and is padded with :data:`PAD` (a ``DataLoader`` with
+    ``shuffle=True, drop_last=False``). Every example appears exactly ``E`` times.
+
+    ``train.local_steps = S``: ``S`` full batches cut from a stream of per-epoch
+    permutations that wraps across epoch boundaries, so the number of optimizer steps
+    does not depend on ``n``.
+
+    The number of rows is :meth:`TrainConfig.local_work` in both cases.
     """
     batch, steps = cfg.local_work(num_examples)
+    if cfg.local_steps is None:
+        per_epoch = steps // cfg.epochs_or_default
+        padded = np.full((cfg.epochs_or_default, per_epoch * batch), PAD, dtype=np.int64)
+        for epoch in padded:
+            epoch[:num_examples] = rng.permutation(num_examples)
+        return padded.reshape(steps, batch)
     needed = steps * batch
-    perms = [rng.permutation(num_examples) for _ in range(math.ceil(needed / num_examples))]
+    perms = [rng.permutation(num_examples) for _ in range(-(-needed // num_examples))]
     return np.concatenate(perms)[:needed].reshape(steps, batch).astype(np.int64)
 
 
 def poisson_schedule(
-    num_examples: int, sample_rate: float, steps: int, rng: np.random.Generator
+    num_examples: int, sample_rate: float, steps: int, rng: RandomSource
 ) -> np.ndarray:
     """Index matrix ``(steps, width)`` of Poisson-sampled batches, padded with :data:`PAD`.
 
@@ -61,3 +105,16 @@ def poisson_schedule(
         idx = np.flatnonzero(members)
         schedule[row, : len(idx)] = rng.permutation(idx)
     return schedule
+
+
+def secure_noise(shape: tuple[int, ...], std: float) -> np.ndarray:
+    """N(0, std²) float64 noise of ``shape`` from :func:`os.urandom`, as ``secure_mode`` does.
+
+    The mean of four independent N(0, std²) draws times 2 (i.e. their sum halved) is
+    again N(0, std²); summing several draws fills the gaps in the set of floating-point
+    values one sampler can output, the mitigation of Holohan & Braghin (2021, "Secure
+    random sampling in differential privacy") that Opacus' ``secure_mode`` uses against
+    the attacks of Jin et al. (2022). Each draw is :func:`sandbox.core.privacy.noise.gaussian`
+    (Box-Muller on 53-bit uniforms from the OS's CSPRNG).
+    """
+    return gaussian((4, *shape), std, None).sum(axis=0) / 2.0

@@ -6,7 +6,9 @@ the expected batch size) wrapped around a fresh optimizer each round. Batches co
 the framework-neutral Poisson schedule (:func:`clients.schedule.poisson_schedule`) instead
 of Opacus' ``DPDataLoader``, so torch and Keras clients draw identical batches; the
 accountant lives with the client's node state (``clients.dp``), not in a
-``PrivacyEngine`` that would be rebuilt every round.
+``PrivacyEngine`` that would be rebuilt every round. The noise comes from a torch
+generator seeded per client and round, or from :func:`os.urandom` with
+``privacy.secure_rng`` (:func:`_dp_optimizer`).
 
 Inputs arrive channels-last (the canonical data layout); the module moves channels first
 for its convolutions and back to channels-last before flattening, so the flattened
@@ -15,13 +17,14 @@ features, and hence the dense weights, line up with the Keras model.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
-from clients.schedule import PAD
+from clients.schedule import PAD, secure_noise
 from sandbox.core.config import TrainConfig
 from sandbox.core.models import ModelSpec
 from sandbox.core.privacy import SampleDPPlan
@@ -99,6 +102,46 @@ def load_weights(module: nn.Module, weights: list[np.ndarray]) -> None:
             param.copy_(torch.from_numpy(np.ascontiguousarray(to_torch_layout(array))))
 
 
+def _dp_optimizer(optimizer: torch.optim.Optimizer, dp: SampleDPPlan, *, seed: int,
+                  secure_rng: bool):
+    """Opacus' ``DPOptimizer`` around ``optimizer``: noise seeded from ``seed``, or secure.
+
+    Opacus' own secure mode (``PrivacyEngine(secure_mode=True)``) draws from a
+    ``torchcsprng`` generator, a package with no build for current torch, and a
+    ``torch.Generator`` is a Mersenne Twister, not a CSPRNG. So ``secure_rng`` keeps
+    ``secure_mode=True`` and replaces the noise draw itself (:class:`_UrandomDPOptimizer`).
+    """
+    from opacus.optimizers import DPOptimizer
+
+    args = dict(noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+                expected_batch_size=dp.expected_batch, loss_reduction="mean")
+    if secure_rng:
+        return _urandom_optimizer_class()(optimizer, secure_mode=True, **args)
+    return DPOptimizer(optimizer, generator=torch.Generator().manual_seed(seed ^ 0x5EED),
+                       **args)
+
+
+@functools.cache
+def _urandom_optimizer_class() -> type:
+    from opacus.optimizers import DPOptimizer
+
+    class _UrandomDPOptimizer(DPOptimizer):
+        """``DPOptimizer`` whose Gaussian noise comes from the OS's CSPRNG.
+
+        Overrides the documented ``add_noise`` step (clipped sum + noise into ``p.grad``)
+        with :func:`clients.schedule.secure_noise`: the same sum-of-four-draws sampler as
+        Opacus' ``secure_mode``, fed by :func:`os.urandom` instead of a torch generator.
+        """
+
+        def add_noise(self) -> None:
+            std = self.noise_multiplier * self.max_grad_norm
+            for p in self.params:
+                noise = torch.from_numpy(secure_noise(tuple(p.summed_grad.shape), std))
+                p.grad = (p.summed_grad + noise.to(p.summed_grad)).view_as(p)
+
+    return _UrandomDPOptimizer
+
+
 class TorchTrainer:
     """Local SGD/Adam training of a ``SpecModule`` (see :class:`clients.trainer.Trainer`)."""
 
@@ -132,45 +175,40 @@ class TorchTrainer:
         return torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum)
 
     def fit(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int,
-            dp: SampleDPPlan | None = None, proximal_mu: float = 0.0) -> float:
+            dp: SampleDPPlan | None = None, proximal_mu: float = 0.0,
+            secure_rng: bool = False) -> float:
         # Dropout masks. (torch.manual_seed also seeds CUDA/XPU/MTIA stubs: ~1 ms per call.)
         torch.random.default_generator.manual_seed(seed)
         if (dp is not None) != self.private:
             raise ValueError("a private trainer needs a DP plan, a plain one must not get one")
         if dp is not None:
-            return self._fit_private(x, y, schedule, seed=seed, dp=dp)
+            return self._fit_private(x, y, schedule, seed=seed, dp=dp, secure_rng=secure_rng)
         optimizer = self._optimizer()  # fresh optimizer state each round, as in FedAvg
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-        rows = torch.from_numpy(schedule)
         self.module.train()
         total = torch.zeros(())
         anchor = [p.detach().clone() for p in self.module.parameters()] if proximal_mu else []
-        for idx in rows:
+        for row in torch.from_numpy(schedule):
+            idx = row[row != PAD]  # the last batch of an epoch may be partial
             optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.module(xt[idx]), yt[idx])
+            objective = loss
             if proximal_mu:  # FedProx (Li et al. 2020): (mu/2) ||w - w_global||^2
-                loss = loss + proximal_mu / 2 * sum(
+                objective = loss + proximal_mu / 2 * sum(
                     (p - a).pow(2).sum() for p, a in zip(self.module.parameters(), anchor,
                                                          strict=True))
-            loss.backward()
+            objective.backward()
             optimizer.step()
-            total += loss.detach()
+            total += loss.detach()  # the data loss, without the proximal term (as Keras)
         return float(total) / max(len(schedule), 1)
 
     def _fit_private(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int,
-                     dp: SampleDPPlan) -> float:
-        from opacus.optimizers import DPOptimizer
-
+                     dp: SampleDPPlan, secure_rng: bool) -> float:
         model = self._grad_sample_module
-        noise = torch.Generator().manual_seed(seed ^ 0x5EED)
-        optimizer = DPOptimizer(
-            self._optimizer(), noise_multiplier=dp.noise_multiplier,
-            max_grad_norm=dp.max_grad_norm, expected_batch_size=dp.expected_batch,
-            loss_reduction="mean", generator=noise,
-        )
+        optimizer = _dp_optimizer(self._optimizer(), dp, seed=seed, secure_rng=secure_rng)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         model.train()
-        total, counted = 0.0, 0
+        total, nonempty = 0.0, 0
         for row in torch.from_numpy(schedule):
             idx = row[row != PAD]
             optimizer.zero_grad(set_to_none=True)
@@ -179,9 +217,10 @@ class TorchTrainer:
                 warnings.filterwarnings("ignore", message="Full backward hook")
                 loss.backward()
             optimizer.step()
-            total += float(loss.detach())
-            counted += len(idx)
-        return total / max(counted, 1)
+            if len(idx):  # the reported loss: mean over steps that had examples
+                total += float(loss.detach()) / len(idx)
+                nonempty += 1
+        return total / max(nonempty, 1)
 
     @torch.no_grad()
     def logits(self, x: np.ndarray) -> np.ndarray:

@@ -26,17 +26,25 @@ class Trainer(Protocol):
     def set_weights(self, weights: list[np.ndarray]) -> None: ...
 
     def fit(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int,
-            dp: SampleDPPlan | None = None, proximal_mu: float = 0.0) -> float:
+            dp: SampleDPPlan | None = None, proximal_mu: float = 0.0,
+            secure_rng: bool = False) -> float:
         """Run one optimizer step per schedule row; return the mean training loss.
+
+        Rows may be padded with :data:`clients.schedule.PAD` (the partial last batch of
+        an epoch, Poisson batches); a step uses the row's real entries only. The loss of
+        a step is the mean over its real examples (as a ``DataLoader`` with
+        ``drop_last=False`` gives), and the returned loss is the mean over the steps that
+        had examples (loss before each step's update, as Keras' ``fit`` reports it).
 
         ``proximal_mu > 0`` adds FedProx's proximal term (mu/2)||w - w_start||^2, where
         w_start are the weights the round started from (not with ``dp``).
 
         With ``dp``, each step is a DP-SGD step: per-example gradients clipped to
         ``dp.max_grad_norm``, summed, Gaussian noise of std ``noise_multiplier *
-        max_grad_norm`` added, divided by ``dp.expected_batch``. Rows may then be padded
-        with :data:`clients.schedule.PAD` (Poisson batches vary in size; an empty row is
-        a noise-only step).
+        max_grad_norm`` added, divided by ``dp.expected_batch`` whatever the row's size
+        (an empty row is a noise-only step). The noise is seeded by ``seed``, or, with
+        ``secure_rng``, drawn from the OS's CSPRNG and not reproducible
+        (``privacy.secure_rng``; ignored without ``dp``).
         """
         ...
 

@@ -32,7 +32,7 @@ def main() -> None:
                 "output.progress": False,
             })
             result = sandbox.run(cfg)
-            finals[framework].append(result.final["central_accuracy"])
+            finals[framework].append(result.final["central_test_accuracy"])
             print(f"{framework:6s} alpha={alpha:<6g} accuracy={finals[framework][-1]:.3f}")
     plot_sweep(args.alphas, finals, OUT / "alpha_sweep.png", "Dirichlet alpha (log scale)")
     print(f"plot: {OUT / 'alpha_sweep.png'}")

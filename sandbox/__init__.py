@@ -11,7 +11,7 @@ TensorFlow, Keras, Flower or Optuna.
 >>> import sandbox
 >>> cfg = sandbox.load_config("configs/quickstart.toml", ["framework=keras", "rounds=5"])
 >>> result = sandbox.run(cfg)                    # doctest: +SKIP
->>> result.final["central_accuracy"], result.epsilon, result.stop_reason  # doctest: +SKIP
+>>> result.final["central_test_accuracy"], result.epsilon, result.stop_reason  # doctest: +SKIP
 """
 
 from __future__ import annotations

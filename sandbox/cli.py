@@ -9,13 +9,16 @@ that diverged exits with code 3; internal errors keep their traceback (exit code
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import traceback
 
 from sandbox.core.errors import RunFailed, SandboxError
 from sandbox.core.results import StopReason
 
 EXIT_USER_ERROR = 2  # bad config, data file, --set value: one message, nothing written
 EXIT_DIVERGED = 3  # the run's loss became non-finite; partial results are kept
+EXIT_SIGINT = 130  # 128 + SIGINT; SIGTERM gives 143 (RunInterrupted.exit_code)
 
 
 def _command(commands, name: str, help_text: str, config_help: str,
@@ -32,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedsandbox", description="Federated learning + AutoML research sandbox."
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of user errors too (for bug reports)")
     commands = parser.add_subparsers(dest="command", required=True)
     run = _command(commands, "run", "run one federated experiment from a TOML config",
                    "experiment TOML file (see configs/)",
@@ -49,24 +54,43 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--resume", action="store_true",
                         help="continue the study in its storage (interrupted trials re-run)")
     _command(commands, "show-config", "print the resolved config as TOML", "experiment TOML")
+    listing = commands.add_parser("ls", help="list the runs, sweeps and studies in a "
+                                  "results directory with their state")
+    listing.add_argument("directory", nargs="?", default="results",
+                         help="results directory (default: results)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sandbox.engine.interrupt import graceful_interrupts
+
     args = _parser().parse_args(argv)
-    handlers = {"run": _run, "show-config": _run, "sweep": _sweep, "search": _search}
+    handlers = {"run": _run, "show-config": _run, "sweep": _sweep, "search": _search,
+                "ls": _ls}
     try:
-        return handlers[args.command](args)
+        with graceful_interrupts():
+            return handlers[args.command](args)
     except SandboxError as exc:
+        if args.debug:
+            traceback.print_exc()
         print(f"fedsandbox: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RunFailed as exc:
         if not isinstance(exc.cause, SandboxError):
             raise
+        if args.debug:
+            traceback.print_exc()
         diverged = exc.stop_reason is StopReason.DIVERGED
         print(f"fedsandbox: {'run diverged' if diverged else 'error'}: {exc.cause}\n"
               f"  partial results kept in {exc.run_dir}", file=sys.stderr)
         return EXIT_DIVERGED if diverged else EXIT_USER_ERROR
+    except KeyboardInterrupt as exc:  # also RunInterrupted (SIGINT/SIGTERM)
+        if args.debug:
+            traceback.print_exc()
+        where = getattr(exc, "run_dir", None)
+        print(f"fedsandbox: {exc or 'interrupted'}"
+              f"{f'; results so far in {where}' if where else ''}", file=sys.stderr)
+        return getattr(exc, "exit_code", EXIT_SIGINT)
 
 
 def _run(args) -> int:
@@ -107,7 +131,20 @@ def _search(args) -> int:
             raise SandboxError(f"--set {key}: search overrides are [study] keys "
                                "(study.n_trials=..., study.sampler=...)")
         overrides[key.removeprefix("study.")] = value
-    print(f"study report: {run_search(args.config, overrides, resume=args.resume)}")
+    report = run_search(args.config, overrides, resume=args.resume)
+    print(f"study report: {report}")
+    best = json.loads((report / "summary.json").read_text())["best"]
+    if best is not None:
+        print(f"best trial {best['number']}: validation accuracy "
+              f"{best['validation_accuracy']:.4f} (what chose it), test accuracy "
+              f"{best['test_accuracy']:.4f} (held out)")
+    return 0
+
+
+def _ls(args) -> int:
+    from sandbox.engine.listing import format_listing, list_results
+
+    print(format_listing(list_results(args.directory)))
     return 0
 
 
@@ -115,21 +152,27 @@ def print_summary(cfg, result) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from sandbox.core.results import best_row
+
     table = Table(title=f"{cfg.name} — {cfg.framework} on {cfg.backend}, {cfg.rounds} rounds")
     table.add_column("metric")
     table.add_column("value", justify="right")
     labels = {
-        "central_accuracy": "centralized accuracy (global test)",
-        "central_loss": "centralized loss",
-        "eval_accuracy": "federated eval accuracy (client test)",
-        "eval_loss": "federated eval loss",
+        "central_val_accuracy": "validation accuracy (server-held val set)",
+        "fed_val_accuracy": "federated validation accuracy (clients' val splits)",
+        "central_test_accuracy": "test accuracy (global test set)",
+        "central_val_loss": "validation loss",
+        "central_test_loss": "test loss",
         "train_loss": "client train loss",
     }
     for key, label in labels.items():
         if key in result.final:
-            table.add_row(label, f"{result.final[key]:.4f}")
-    best = max(result.metric("central_accuracy"), default=float("nan"))
-    table.add_row("best centralized accuracy", f"{best:.4f}")
+            table.add_row(f"final {label}", f"{result.final[key]:.4f}")
+    best = best_row(result.rounds)
+    if best is not None:
+        table.add_row("best round by validation accuracy",
+                      f"{best['round']}: val {best['central_val_accuracy']:.4f}, "
+                      f"test {best['central_test_accuracy']:.4f}")
     if result.epsilon is not None:
         table.add_row(f"ε at δ={cfg.privacy.delta:g} ({cfg.privacy.accountant})",
                       f"{result.epsilon:.4g}")

@@ -24,10 +24,10 @@ def run_search(path: str | Path, overrides: dict[str, Any] | None = None, *,
 
     study = Study(path, overrides)
     if study.settings.backend == "kerastuner":
-        from search.optuna_backend import open_study
+        from search.optuna_backend import open_study, prepare_storage
 
-        study.directory.mkdir(parents=True, exist_ok=True)
-        optuna_study = open_study(study, create=not resume)
+        storage = prepare_storage(study, resume=resume)
+        optuna_study = open_study(study, create=not resume, storage=storage)
         from search.kerastuner_backend import run_kerastuner
 
         tuner = run_kerastuner(study, optuna_study, resume=resume)

@@ -8,9 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from sandbox.core.config import Config, describe_error
+from sandbox.core.config import Config, check_safe_name, describe_error
 from sandbox.core.errors import ConfigError
 from sandbox.core.tomlio import read_toml, set_dotted
 from sandbox.engine.preflight import load_config, validate_config
@@ -41,6 +48,11 @@ class StudyConfig(BaseModel):
     oracle: Literal["random", "bayesian", "hyperband"] = "hyperband"
     max_rounds: int = Field(0, ge=0)
     hyperband_factor: int = Field(3, ge=2)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return check_safe_name("study.name", name)
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:

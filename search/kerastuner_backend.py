@@ -55,7 +55,8 @@ class FederatedTuner(keras_tuner.Tuner):
         else:
             outcome = run_trial(cfg)
         self._record(values, outcome, trial.trial_id, rounds)
-        print(f"kt trial {trial.trial_id} {outcome.status:8s} acc {outcome.accuracy:.4f} "
+        print(f"kt trial {trial.trial_id} {outcome.status:8s} val acc {outcome.accuracy:.4f} "
+              f"(test {outcome.test_accuracy:.4f}) "
               f"rounds {outcome.rounds_completed} {values}", flush=True)
         if outcome.status != "complete":
             raise keras_tuner.errors.FailedTrialError(outcome.reason or outcome.status)
@@ -67,8 +68,8 @@ class FederatedTuner(keras_tuner.Tuner):
 
         distributions = self.study.space.optuna_distributions()
         attrs = {k: getattr(outcome, k) for k in (
-            "accuracy", "client_compute", "client_rounds", "rounds_completed", "run_dir",
-            "reason", "accuracy_per_round")}
+            "accuracy", "test_accuracy", "client_compute", "client_rounds",
+            "rounds_completed", "run_dir", "reason", "accuracy_per_round")}
         attrs |= {"kerastuner_trial": trial_id, "tuner_epochs": rounds}
         if outcome.status == "failed":
             attrs["fail_reason"] = outcome.reason

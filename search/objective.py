@@ -1,8 +1,11 @@
 """One tuning trial = one federated experiment, whatever the search backend.
 
 :func:`run_trial` runs the trial's config with :func:`sandbox.engine.api.run`, hands every
-round's centralized accuracy to ``report`` (which may stop the run by raising
-:class:`~sandbox.core.errors.RunPruned`) and returns the objective values and costs.
+round's validation accuracy (server-held validation set, ``central_val_accuracy``) to
+``report`` (which may stop the run by raising :class:`~sandbox.core.errors.RunPruned`) and
+returns the objective values and costs. The objective "accuracy" is that validation
+accuracy: searches, pruning and the best trial never see test data. The test accuracy
+(global test set) is recorded beside it as ``test_accuracy``, for the report only.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sandbox.core.errors import RunFailed, SandboxError
 from sandbox.core.experiment import load_experiment_data
 from sandbox.core.privacy import PrivacyLedger
-from sandbox.core.results import StopReason
+from sandbox.core.results import SELECTION_METRIC, StopReason
 from sandbox.engine.api import run
 
 if TYPE_CHECKING:
@@ -33,10 +36,11 @@ STATUS = {StopReason.FINISHED: "complete", StopReason.BUDGET: "complete",
 @dataclass
 class TrialOutcome:
     stop_reason: StopReason
-    accuracy: float = float("nan")
+    accuracy: float = float("nan")  # validation accuracy (the objective)
+    test_accuracy: float = float("nan")  # held-out test accuracy, reported only
     epsilon: float = float("inf")  # the run's ε (RunResult.epsilon); inf without DP
     client_compute: float = 0.0  # million per-example gradient computations
-    client_rounds: int = 0
+    client_rounds: float = 0  # expected client-rounds (q·N per round under client DP)
     rounds_completed: int = 0
     run_dir: str = ""
     reason: str = ""
@@ -56,7 +60,7 @@ class TrialOutcome:
         return float(getattr(self, objective))
 
 
-def client_work(cfg: Config) -> tuple[float, int]:
+def client_work(cfg: Config) -> tuple[float, float]:
     """(per-example gradients per round in millions, clients per round), expected values."""
     data = load_experiment_data(cfg)
     per_client = []
@@ -64,6 +68,8 @@ def client_work(cfg: Config) -> tuple[float, int]:
         batch, steps = cfg.train.local_work(len(client.y_train))
         per_client.append(steps * batch)
     sampled = cfg.federation.clients_per_round(cfg.data.num_clients)
+    if cfg.privacy.client.mode != "off":  # Poisson-sampled: q·N clients on average
+        sampled = cfg.federation.fraction_train * cfg.data.num_clients
     mean = sum(per_client) / len(per_client)
     return mean * sampled / 1e6, sampled
 
@@ -73,14 +79,16 @@ def run_trial(
     prior_ledger: PrivacyLedger | None = None,
 ) -> TrialOutcome:
     """Run one trial's experiment; never raises for a failed or pruned experiment."""
-    accuracies: list[float] = []
+    accuracies: list[float] = []  # validation, per round
+    tests: list[float] = []
 
     def on_round(server_round: int, row: dict[str, Any]) -> None:
         if server_round == 0:
             return  # (a non-finite loss has already stopped the run as diverged)
-        accuracies.append(row["central_accuracy"])
+        accuracies.append(row[SELECTION_METRIC])
+        tests.append(row["central_test_accuracy"])
         if report is not None:
-            report(server_round, row["central_accuracy"])
+            report(server_round, row[SELECTION_METRIC])
 
     try:
         compute_per_round, sampled = client_work(cfg)
@@ -93,12 +101,14 @@ def run_trial(
         reason = str(exc.cause) if pruned else f"{type(exc.cause).__name__}: {exc.cause}"
         return TrialOutcome(exc.stop_reason,
                             accuracies[-1] if pruned and accuracies else float("nan"),
+                            tests[-1] if pruned and tests else float("nan"),
                             client_compute=compute_per_round * done,
                             client_rounds=sampled * done, rounds_completed=done,
                             run_dir=str(exc.run_dir), reason=reason.splitlines()[0],
                             accuracy_per_round=accuracies)
     done = result.rounds[-1]["round"]
-    return TrialOutcome(result.stop_reason, result.final["central_accuracy"],
+    return TrialOutcome(result.stop_reason, result.final[SELECTION_METRIC],
+                        result.final["central_test_accuracy"],
                         math.inf if result.epsilon is None else result.epsilon,
                         compute_per_round * done, sampled * done, done,
                         str(result.run_dir), accuracy_per_round=accuracies,

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox.core.errors import ConfigError, RunPruned
 from sandbox.core.results import StopReason
+from sandbox.engine import interrupt
 from search.objective import TrialOutcome, run_trial, trial_ledger
 
 if TYPE_CHECKING:
@@ -45,6 +47,54 @@ def storage_url(study: Study) -> str:
     if setting == "journal":
         return f"journal:{(study.directory / 'study.journal').resolve()}"
     return setting
+
+
+def _local_file(url: str) -> Path | None:
+    """The file behind a journal or SQLite URL; ``None`` for a database server."""
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:"))
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    return None
+
+
+def prepare_storage(study: Study, *, resume: bool):
+    """Check ``study.storage`` and open it; on any problem a ConfigError, nothing left.
+
+    A ``--resume`` whose storage file does not exist is refused before anything is
+    created (opening it would create an empty database). A URL that SQLAlchemy cannot
+    parse or connect to is a user error naming ``study.storage``; the study directory
+    is removed again if this call created it.
+    """
+    url = storage_url(study)
+    local = _local_file(url)
+    if resume and local is not None and not local.is_file():
+        raise ConfigError(f"--resume: there is no study storage at {local} (study.name = "
+                          f"'{study.settings.name}'); run without --resume to start it")
+    if local is None:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(url)
+        except ArgumentError:
+            raise ConfigError(
+                f"study.storage = {url!r} is not a database URL; allowed: \"\" (SQLite in "
+                "the study directory), \"journal\", or an SQLAlchemy URL such as "
+                "sqlite:///path/study.db or postgresql://user@127.0.0.1/db") from None
+    created = study.directory.resolve()  # the outermost directory this call creates
+    while not created.parent.exists():
+        created = created.parent
+    existed = created.exists()
+    study.directory.mkdir(parents=True, exist_ok=True)
+    try:
+        return make_storage(study)
+    except Exception as exc:  # noqa: BLE001 - any driver/connection error is the URL's
+        if not existed:
+            shutil.rmtree(created, ignore_errors=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(f"study.storage = {url!r}: cannot open it "
+                          f"({type(exc).__name__}: {first})") from None
 
 
 def make_storage(study: Study):
@@ -240,6 +290,7 @@ class OptunaSearch:
         identity, so one process runs one federated experiment at a time.
         """
         while not self._should_stop():
+            interrupt.check()  # a signal between trials: stop before asking for another
             self._started += 1
             slot = len(finished_trials(self.optuna_study))
             slot_study = self.slot_study(slot)
@@ -276,8 +327,8 @@ class OptunaSearch:
             outcome = TrialOutcome.invalid(exc)
         else:
             outcome = run_trial(cfg, report=self._reporter(trial), prior_ledger=prior)
-        for key in ("accuracy", "client_compute", "client_rounds", "rounds_completed",
-                    "run_dir", "reason", "accuracy_per_round"):
+        for key in ("accuracy", "test_accuracy", "client_compute", "client_rounds",
+                    "rounds_completed", "run_dir", "reason", "accuracy_per_round"):
             trial.set_user_attr(key, getattr(outcome, key))
         if math.isfinite(outcome.epsilon):
             trial.set_user_attr("epsilon", outcome.epsilon)
@@ -296,8 +347,9 @@ class OptunaSearch:
             slot_study.tell(trial, objective_values if len(objective_values) > 1
                             else objective_values[0])
         if self.progress:
-            print(f"trial {trial.number:3d} {outcome.status:8s} acc "
-                  f"{outcome.accuracy:.4f} rounds {outcome.rounds_completed:3d} "
+            print(f"trial {trial.number:3d} {outcome.status:8s} val acc "
+                  f"{outcome.accuracy:.4f} (test {outcome.test_accuracy:.4f}) "
+                  f"rounds {outcome.rounds_completed:3d} "
                   f"{_short(values)}{'  ' + outcome.reason if outcome.reason else ''}",
                   flush=True)
 
@@ -334,8 +386,7 @@ def run_optuna(study: Study, *, resume: bool, study_path: Path,
     """Create or resume the study and run it with ``study.workers`` processes."""
     import multiprocessing
 
-    study.directory.mkdir(parents=True, exist_ok=True)
-    storage = make_storage(study)
+    storage = prepare_storage(study, resume=resume)
     optuna_study = open_study(study, create=not resume, storage=storage)
     if resume:
         recovered = recover_interrupted(optuna_study, study.space)

@@ -5,6 +5,8 @@
     study.db | study.journal   Optuna storage (open with optuna-dashboard)
     trials.csv                 one row per trial: state, values, params, rounds, costs, reason
     best_config.toml           the best trial's config, re-runnable with `fedsandbox run`
+                               (best = highest validation accuracy; its test accuracy is
+                               reported beside it, never used to choose)
     best_model/                its weights.npz, config.toml and metrics
     history.png                objective per trial and best so far
     importances.json/.png      parameter importances (fANOVA) when there is enough data
@@ -32,7 +34,8 @@ if TYPE_CHECKING:
     from search.config import Study
 
 
-LABELS = {"accuracy": "final centralized accuracy", "epsilon": "ε (max over privacy scopes)",
+LABELS = {"accuracy": "final validation accuracy (server-held set)",
+          "epsilon": "ε (max over privacy scopes)",
           "client_compute": "client compute (M per-example gradients)"}
 
 
@@ -81,8 +84,12 @@ def write_report(study: Study, optuna_study: optuna.Study, *, stop_reason: str =
         "study": study.settings.name, "backend": study.settings.backend,
         "settings": study.settings.model_dump(mode="json"), "states": states,
         "stop_reason": stop_reason,
+        "selection": "objective 'accuracy' = final central_val_accuracy (server-held "
+                     "validation set); test_accuracy = global test set, reported only",
         "best": None if best is None else {
             "number": best.number, "values": best.values, "params": best.params,
+            "validation_accuracy": best.user_attrs.get("accuracy"),
+            "test_accuracy": best.user_attrs.get("test_accuracy"),
             "run_dir": best.user_attrs.get("run_dir")},
         "client_rounds_total": sum(t.user_attrs.get("client_rounds", 0) for t in trials),
         "privacy": {k: privacy[k] for k in ("epsilon_composed", "epsilon_naive_sum")
@@ -95,8 +102,8 @@ def write_report(study: Study, optuna_study: optuna.Study, *, stop_reason: str =
 def _write_trials_csv(study: Study, trials, path: Path, interrupted: set[int]) -> None:
     """One row per trial; interrupted trials (FAIL) give ``interrupted`` as fail_reason."""
     params = [p.name for p in study.space.params]
-    attrs = ["rounds_completed", "client_rounds", "client_compute", "epsilon", "fail_reason",
-             "reason", "run_dir"]
+    attrs = ["test_accuracy", "rounds_completed", "client_rounds", "client_compute", "epsilon",
+             "fail_reason", "reason", "run_dir"]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["number", "state", *study.settings.objectives, *params, *attrs,
@@ -182,7 +189,7 @@ def _plot_history(study: Study, trials, path: Path) -> None:
     for state, color in colors.items():
         ax.scatter([], [], color=color, label=state.lower())
     ax.set_xlabel("trial")
-    ax.set_ylabel("final centralized accuracy")
+    ax.set_ylabel("final validation accuracy")
     ax.set_title(f"{study.settings.name}: optimization history")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -213,7 +220,7 @@ def _plot_importances(importances: dict[str, float], path: Path) -> None:
     names = list(importances)[::-1]
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2))
     ax.barh(names, [importances[n] for n in names])
-    ax.set_xlabel("importance (fANOVA, accuracy)")
+    ax.set_xlabel("importance (fANOVA, validation accuracy)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

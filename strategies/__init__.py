@@ -43,7 +43,9 @@ class Accounted(Protocol):
     client's own accountant reported (by partition id); ``participation`` the partition
     ids chosen per round (``{round: {"train": [...], "evaluate": [...]}}``); ``result``
     the latest global model and aggregated client metrics, kept even when the budget
-    stops the run.
+    stops the run; ``client_dp_log`` one dict per round of client-level DP (clients
+    sampled, valid replies, clipping norm used, noise stds, noised unclipped fraction,
+    next norm, effective noise multiplier; empty without client-level DP).
     ``start`` is Flower's ``Strategy.start``; it raises
     :class:`~sandbox.core.errors.BudgetExhausted` before a round over budget.
     """
@@ -53,11 +55,14 @@ class Accounted(Protocol):
     participation: dict[int, dict[str, list[int]]]
     result: Result
 
+    @property
+    def client_dp_log(self) -> list[dict[str, float | int | None]]: ...
+
     def start(self, **kwargs: Any) -> Result: ...
 
 
 def wrap_client_dp(strategy: Strategy, cfg: Config) -> Strategy:
-    """Flower's client-level DP wrapper selected by ``privacy.client.mode``."""
+    """Client-level DP (:mod:`strategies.client_dp`) selected by ``privacy.client.mode``."""
     from strategies.privacy import wrap_client_dp as wrap
 
     return wrap(strategy, cfg)

@@ -1,9 +1,10 @@
-"""Privacy on the server: Flower's client-level DP wrappers, the ledger and the budget.
+"""Privacy on the server: the client-level DP wrapper, the ledger and the budget.
 
-:func:`wrap_client_dp` puts one of Flower's DP strategy wrappers around the registry
-strategy (McMahan et al. 2018 with fixed clipping; Andrew et al. 2021 with adaptive
-clipping; clipping on the server or, with Flower's clipping mods, on the clients).
-:class:`AccountedStrategy` is the outermost wrapper of every run: it writes each
+:func:`wrap_client_dp` puts :class:`strategies.client_dp.ClientLevelDP` around the
+registry strategy (McMahan et al. 2018 with fixed clipping; Andrew et al. 2021 with
+adaptive clipping; clipping on the server or, with Flower's clipping mods, on the
+clients). :class:`AccountedStrategy` is the outermost wrapper of every run: it chooses
+each round's clients (Poisson sampling for training under client-level DP), writes each
 round's DP mechanisms into the :class:`~sandbox.core.privacy.PrivacyLedger`, stops the run
 before a round that would exceed ``privacy.budget_epsilon`` and keeps a ``Result`` that
 survives such a stop.
@@ -21,7 +22,9 @@ from flwr.serverapp.strategy import Result, Strategy
 from sandbox.core import wire
 from sandbox.core.errors import BudgetExhausted
 from sandbox.core.privacy import FEDERATION, Mechanism, PrivacyLedger, client_dp_rate
-from sandbox.core.sampling import clients_for_round
+from sandbox.core.privacy.plan import client_dp_plan
+from sandbox.core.sampling import clients_for_round, poisson_clients_for_round
+from strategies.client_dp import ClientLevelDP
 from strategies.sampling import SampledGrid, discover_partitions, in_partition_order
 
 if TYPE_CHECKING:
@@ -30,26 +33,17 @@ if TYPE_CHECKING:
 
 
 def wrap_client_dp(strategy: Strategy, cfg: Config) -> Strategy:
-    """Flower's client-level DP wrapper selected by ``privacy.client.mode``."""
-    from flwr.serverapp import strategy as flwr_strategies
+    """:class:`ClientLevelDP` for ``privacy.client.mode`` around a mean-aggregating strategy.
 
+    ``server_fixed`` / ``client_fixed``: DP-FedAvg (McMahan et al. 2018);
+    ``server_adaptive`` / ``client_adaptive``: adaptive clipping (Andrew et al. 2021).
+    In the ``client_*`` modes the clients clip with Flower's clipping mods
+    (:func:`clients.dp.client_mods`) and the server clips again.
+    """
     dp = cfg.privacy.client
-    sampled, _ = client_dp_rate(cfg)
-    if dp.mode in ("server_fixed", "client_fixed"):
-        cls = (flwr_strategies.DifferentialPrivacyServerSideFixedClipping
-               if dp.mode == "server_fixed"
-               else flwr_strategies.DifferentialPrivacyClientSideFixedClipping)
-        return cls(strategy, dp.noise_multiplier, dp.clipping_norm, sampled)
-    cls = (flwr_strategies.DifferentialPrivacyServerSideAdaptiveClipping
-           if dp.mode == "server_adaptive"
-           else flwr_strategies.DifferentialPrivacyClientSideAdaptiveClipping)
-    return cls(
-        strategy, dp.noise_multiplier, sampled,
-        initial_clipping_norm=dp.clipping_norm,
-        target_clipped_quantile=dp.target_clipped_quantile,
-        clip_norm_lr=dp.clip_norm_lr,
-        clipped_count_stddev=dp.clipped_count_stddev or None,
-    )
+    return ClientLevelDP(strategy, client_dp_plan(cfg), seed=cfg.seed,
+                         target_quantile=dp.target_clipped_quantile,
+                         clip_norm_lr=dp.clip_norm_lr, secure_rng=cfg.privacy.secure_rng)
 
 
 class AccountedStrategy(Strategy):
@@ -87,6 +81,13 @@ class AccountedStrategy(Strategy):
         #: round -> {"train": [partition ids], "evaluate": [...]}, as sampled
         self.participation: dict[int, dict[str, list[int]]] = {}
         self._partitions: dict[int, int] = {}  # node id -> partition id
+
+    @property
+    def client_dp_log(self) -> list[dict[str, float | int | None]]:
+        """Per round of client-level DP: clients, clipping norm, noise (empty without it)."""
+        if isinstance(self.strategy, ClientLevelDP):
+            return self.strategy.round_log
+        return []
 
     # -- the run's mechanisms ----------------------------------------------------------
     def _federation_mechanism(self, server_round: int) -> Mechanism | None:
@@ -127,8 +128,14 @@ class AccountedStrategy(Strategy):
             self._partitions = discover_partitions(grid, self.cfg.data.num_clients)
         fraction = (self.cfg.federation.fraction_train if purpose == "train"
                     else self.cfg.federation.fraction_evaluate)
-        chosen = clients_for_round(self.cfg.seed, server_round, purpose,
-                                   self._partitions.values(), fraction)
+        if purpose == "train" and self.cfg.privacy.client.mode != "off":
+            # The sampling the client-level accountant assumes: Poisson with q = fraction.
+            chosen = poisson_clients_for_round(self.cfg.seed, server_round, purpose,
+                                               self._partitions.values(), fraction,
+                                               secure=self.cfg.privacy.secure_rng)
+        else:
+            chosen = clients_for_round(self.cfg.seed, server_round, purpose,
+                                       self._partitions.values(), fraction)
         self.participation.setdefault(server_round, {})[purpose] = chosen
         wanted = set(chosen)
         nodes = sorted((pid, node) for node, pid in self._partitions.items() if pid in wanted)

@@ -48,6 +48,10 @@ def test_quickstart_loads_with_typed_overrides():
         ({"train.local_steps": 5}, ["local_epochs", "local_steps"]),
         ({"data.partitioner": "natural"}, ["natural", "synthetic"]),
         ({"data.dataset": "npz"}, ["data.path", "npz"]),
+        ({"data.test_fraction": 0.2}, ["data.test_fraction", "renamed to",
+                                       "data.client_validation_fraction"]),
+        ({"data.validation_fraction": 0.0}, ["data.validation_fraction", "greater than 0"]),
+        ({"privacy.secure_rng": "yes"}, ["privacy.secure_rng", "valid boolean"]),
     ],
 )
 def test_bad_values_name_key_and_allowed(override, must_mention):

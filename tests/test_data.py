@@ -55,7 +55,8 @@ def test_smaller_alpha_means_more_label_skew():
 
 def test_shards_give_k_labels_per_client():
     data = load_federated_data(DataConfig(num_clients=10, partitioner="shards",
-                                          shards_per_client=2, test_fraction=0.0), 0)
+                                          shards_per_client=2,
+                                          client_validation_fraction=0.0), 0)
     assert all(len(np.unique(c.y_train)) == 2 for c in data.clients)
 
 
@@ -80,11 +81,12 @@ def test_quantity_skew_varies_sizes_not_labels():
     assert max(label_skew(dirichlet)) > 0.4
 
 
-def test_splits_and_global_test_are_disjoint_and_complete():
-    cfg = DataConfig(num_clients=5, partitioner="iid", test_fraction=0.25,
-                     global_test_fraction=0.2)
+def test_test_validation_and_client_splits_are_disjoint_and_complete():
+    cfg = DataConfig(num_clients=5, partitioner="iid", client_validation_fraction=0.25,
+                     global_test_fraction=0.2, validation_fraction=0.1)
     data = load_federated_data(cfg, 0)
-    total = len(data.y_test) + sum(len(c.y_train) + len(c.y_test) for c in data.clients)
+    total = len(data.y_test) + len(data.y_val) + sum(
+        len(c.y_train) + len(c.y_val) for c in data.clients)
     assert total == 1797  # every digits sample used exactly once
     # ... and no sample in two places: compare the rows themselves (digits' images are
     # distinct except for a few exact duplicates, which must then sit in one place each).
@@ -93,13 +95,14 @@ def test_splits_and_global_test_are_disjoint_and_complete():
     def rows(x):
         return {bytes(np.ascontiguousarray(r)) for r in x}
 
-    places = [rows(data.x_test)] + [rows(c.x_train) for c in data.clients] + [
-        rows(c.x_test) for c in data.clients]
+    places = [rows(data.x_test), rows(data.x_val)] + [
+        rows(c.x_train) for c in data.clients] + [rows(c.x_val) for c in data.clients]
     distinct = len(rows((load_digits().images / 16.0).astype(np.float32)[..., None]))
     assert sum(len(p) for p in places) == len(set().union(*places)) == distinct
     assert len(data.y_test) == round(1797 * 0.2)
+    assert len(data.y_val) == round((1797 - len(data.y_test)) * 0.1)
     client = data.clients[0]
-    assert len(client.y_test) == int((len(client.y_train) + len(client.y_test)) * 0.25)
+    assert len(client.y_val) == int((len(client.y_train) + len(client.y_val)) * 0.25)
     assert data.input_shape == (8, 8, 1) and data.num_classes == 10
     assert data.clients[0].x_train.dtype == np.float32
 
@@ -115,7 +118,8 @@ def test_mnist1d_any_size():
     data = load_federated_data(DataConfig(dataset="mnist1d", num_samples=1000, num_clients=5,
                                           partitioner="iid"), 0)
     assert data.input_shape == (40, 1)
-    assert len(data.y_test) + sum(len(c.y_train) + len(c.y_test) for c in data.clients) == 1000
+    assert len(data.y_test) + len(data.y_val) + sum(
+        len(c.y_train) + len(c.y_val) for c in data.clients) == 1000
     state = np.random.get_state()[1][:5].copy()
     load_federated_data(DataConfig(dataset="mnist1d", num_samples=500, num_clients=2), 1)
     assert np.array_equal(np.random.get_state()[1][:5], state)  # global RNG untouched
@@ -195,3 +199,25 @@ def test_csv_rejects_bad_cells_naming_row_and_column(tmp_path, cell, needle):
     with pytest.raises(DataError, match=needle):
         load_federated_data(DataConfig(dataset="csv", path=str(tmp_path / "d.csv"),
                                        num_clients=2, partitioner="iid"), 0)
+
+
+def test_natural_split_holds_out_test_and_validation_from_every_group():
+    cfg = DataConfig(dataset="synthetic", partitioner="natural", num_clients=6,
+                     num_samples=1200, validation_fraction=0.2)
+    data = load_federated_data(cfg, 0)
+
+    def rows(x):
+        return {bytes(np.ascontiguousarray(r)) for r in x}
+
+    places = [rows(data.x_test), rows(data.x_val), *(rows(c.x_train) for c in data.clients),
+              *(rows(c.x_val) for c in data.clients)]
+    assert sum(len(p) for p in places) == len(set().union(*places))  # pairwise disjoint
+    assert len(data.y_val) > 0 and len(data.y_test) > 0
+
+
+def test_too_little_data_for_the_held_out_sets_is_a_clear_error():
+    from sandbox.core.errors import DataError
+
+    with pytest.raises(DataError, match="nothing is left for the clients"):
+        load_federated_data(DataConfig(dataset="mnist1d", num_samples=10, num_clients=1,
+                                       global_test_fraction=0.9, validation_fraction=0.9), 0)

@@ -197,8 +197,8 @@ def test_sample_dp_accountant_persists_across_rounds(small, framework):
 
 def test_dp_runs_are_reproducible(small):
     cfg = small(**dp_overrides())
-    assert sandbox.run(cfg).rounds[-1]["central_accuracy"] == \
-        sandbox.run(cfg).rounds[-1]["central_accuracy"]
+    assert sandbox.run(cfg).rounds[-1]["central_test_accuracy"] == \
+        sandbox.run(cfg).rounds[-1]["central_test_accuracy"]
 
 
 def test_target_epsilon_is_reached_after_all_rounds(small):
@@ -225,26 +225,27 @@ def test_client_level_dp_reports_epsilon_per_round(small, mode):
     google.compose(event)
     assert eps[-1] == pytest.approx(google.get_epsilon(1e-5), rel=0.02)
     # Client-side clipping mods act on training replies only: evaluation still runs.
-    assert all(row["eval_accuracy"] is not None for row in result.rounds[1:]), mode
-    # privacy.json says what ε rests on: 2 of 4 clients without replacement is not Poisson.
+    assert all(row["fed_val_accuracy"] is not None for row in result.rounds[1:]), mode
+    # privacy.json says what ε rests on: Poisson sampling with q = 0.5, the accounted rate.
     stated = json.loads((result.run_dir / "privacy.json").read_text())["assumptions"]
-    assert stated["client_level_upper_bound"] is False
-    assert "2 of 4 clients" in stated["client_level_sampling"]
+    assert stated["client_level_upper_bound"] is True and "Poisson" in stated[
+        "client_level_sampling"]
     assert "Renyi" in stated["accountant"] and "reproducible" in stated["noise_source"]
 
 
 def test_client_dp_wraps_a_real_flower_strategy(small):
     from flwr.app import ArrayRecord
-    from flwr.serverapp.strategy import DifferentialPrivacyClientSideAdaptiveClipping, FedAdam
+    from flwr.serverapp.strategy import FedAdam
 
     from sandbox.engine.server import build_accounted_strategy
+    from strategies.client_dp import ClientLevelDP
 
-    accounted = build_accounted_strategy(small(**{
+    dp = build_accounted_strategy(small(**{
         "federation.strategy": "fedadam", "privacy.client.mode": "client_adaptive",
-        "privacy.client.clipped_count_stddev": 1.0}), ArrayRecord())
-    assert isinstance(accounted.strategy, DifferentialPrivacyClientSideAdaptiveClipping)
-    assert isinstance(accounted.strategy.strategy, FedAdam)
-    assert accounted.strategy.strategy.weighted_by_key == "unit-weight"
+        "privacy.client.clipped_count_stddev": 1.0}), ArrayRecord()).strategy
+    assert isinstance(dp, ClientLevelDP) and dp.clients_clip
+    assert isinstance(dp.strategy, FedAdam) and dp.strategy.weighted_by_key == "unit-weight"
+    assert dp.plan.update_noise_multiplier == pytest.approx((1 - 0.25) ** -0.5)  # z = σ_b = 1
 
 
 def test_budget_stops_before_the_exceeding_round(small):

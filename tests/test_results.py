@@ -31,7 +31,7 @@ def test_run_directory_contents(small):
     assert len(timings["round_s"]) == cfg.rounds + 1 and min(timings["round_s"]) > 0
     rerun = sandbox.load_config(result.run_dir / "config.toml")
     assert rerun == cfg
-    assert not list(result.run_dir.parent.glob(".*.partial"))
+    assert not list(result.run_dir.parent.glob("*.partial"))
 
 
 def read_events(path):
@@ -50,7 +50,8 @@ def test_tensorboard_scalars(small):
     result = sandbox.run(small())
     (event_file,) = (result.run_dir / "tensorboard").iterdir()
     tags = {v.tag for e in read_events(event_file) for v in e.summary.value}
-    assert {"central/accuracy", "central/loss", "clients/train_loss"} <= tags
+    assert {"central/val_accuracy", "central/test_accuracy", "central/val_loss",
+            "clients/train_loss", "clients/fed_val_accuracy"} <= tags
 
 
 def test_crc32c_known_vector():
@@ -61,7 +62,8 @@ def test_failed_run_is_marked_not_published(small, monkeypatch):
     import sandbox.engine.runtime
 
     def explode(cfg, observer):
-        observer.round_finished(0, {"loss": 1.0, "accuracy": 0.1})
+        observer.round_finished(0, {"central_val_loss": 1.0, "central_val_accuracy": 0.2,
+                                    "central_test_loss": 1.0, "central_test_accuracy": 0.1})
         raise RuntimeError("client crashed")
 
     monkeypatch.setattr(sandbox.engine.runtime, "run_federation", explode)
@@ -76,7 +78,7 @@ def test_failed_run_is_marked_not_published(small, monkeypatch):
     info = json.loads((out[0] / "run.json").read_text())
     assert info["stop_reason"] == "failed" and info["error"] == "RuntimeError: client crashed"
     assert info["rounds_completed"] == 0 and (out[0] / "config.toml").is_file()
-    assert json.loads((out[0] / "metrics.json").read_text())[0]["central_accuracy"] == 0.1
+    assert json.loads((out[0] / "metrics.json").read_text())[0]["central_test_accuracy"] == 0.1
 
 
 def test_quickstart_reaches_accuracy_in_both_frameworks(tmp_path):
@@ -85,7 +87,7 @@ def test_quickstart_reaches_accuracy_in_both_frameworks(tmp_path):
     for framework in ("torch", "keras"):
         cfg = sandbox.load_config(ROOT / "configs" / "quickstart.toml", {
             "framework": framework, "output.dir": str(tmp_path), "output.progress": False})
-        finals[framework] = sandbox.run(cfg).final["central_accuracy"]
+        finals[framework] = sandbox.run(cfg).final["central_test_accuracy"]
     assert min(finals.values()) >= 0.85, finals
 
 
@@ -118,4 +120,17 @@ def test_a_diverged_run_stops_says_so_and_writes_strict_json(tmp_path):
     info = json.loads((run_dir / "run.json").read_text(), parse_constant=no_nan)
     assert info["stop_reason"] == "diverged" and info["rounds_completed"] == 1
     rows = json.loads((run_dir / "metrics.json").read_text(), parse_constant=no_nan)
-    assert rows[0]["central_loss"] > 0 and rows[1]["central_loss"] is None
+    assert rows[0]["central_test_loss"] > 0 and rows[1]["central_test_loss"] is None
+
+
+def test_the_best_round_is_chosen_on_validation_never_on_test():
+    from sandbox.core.results import best_row
+
+    rows = [{"round": 0, "central_val_accuracy": 0.9, "central_test_accuracy": 0.9},
+            {"round": 1, "central_val_accuracy": 0.5, "central_test_accuracy": 0.8},
+            {"round": 2, "central_val_accuracy": 0.7, "central_test_accuracy": 0.6},
+            {"round": 3, "central_val_accuracy": 0.7, "central_test_accuracy": 0.7}]
+    assert best_row(rows)["round"] == 2  # round 0 (untrained) is never chosen; first on ties
+    assert best_row(rows, "fed_val_accuracy") is None
+    with pytest.raises(ValueError, match="test metric"):
+        best_row(rows, "central_test_accuracy")

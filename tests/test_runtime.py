@@ -34,11 +34,11 @@ class TestInlineConformance:
         cfg = small(framework=framework, **{"federation.strategy": strategy,
                                             "federation.strategy_args": args})
         result = sandbox.run(cfg)
-        accuracy = result.metric("central_accuracy")
+        accuracy = result.metric("central_test_accuracy")
         assert len(result.rounds) == cfg.rounds + 1  # round 0 = initial model
         assert accuracy[-1] > accuracy[0] + 0.2, accuracy
         last = result.rounds[-1]
-        assert last["train_loss"] is not None and last["eval_accuracy"] is not None
+        assert last["train_loss"] is not None and last["fed_val_accuracy"] is not None
 
     @pytest.mark.parametrize("framework", FRAMEWORKS)
     def test_same_seed_same_metrics(self, small, framework):
@@ -46,7 +46,7 @@ class TestInlineConformance:
         first, second = sandbox.run(cfg), sandbox.run(cfg)
         assert_same_history(first.rounds, second.rounds, atol=0)
         other = sandbox.run(small(framework=framework, seed=1))
-        assert other.final["central_loss"] != first.final["central_loss"]
+        assert other.final["central_test_loss"] != first.final["central_test_loss"]
 
     def test_frameworks_agree_without_dropout(self, small):
         torch_run = sandbox.run(small(framework="torch"))
@@ -56,7 +56,7 @@ class TestInlineConformance:
     def test_partial_participation_samples_clients(self, small):
         result = sandbox.run(small(rounds=4, **{"federation.fraction_train": 0.5,
                                                 "federation.fraction_evaluate": 0.0}))
-        assert all(r["eval_accuracy"] is None for r in result.rounds)
+        assert all(r["fed_val_accuracy"] is None for r in result.rounds)
         chosen = json.loads((result.run_dir / "participation.json").read_text())
         trained = [tuple(chosen[str(r)]["train"]) for r in range(1, 5)]
         assert all(len(t) == 2 for t in trained) and len(set(trained)) > 1
@@ -196,7 +196,7 @@ def test_final_weights_reproduce_final_accuracy(small):
     trainer = get_trainer("torch", spec, cfg.train)
     trainer.set_weights(weights)
     _, accuracy = trainer.evaluate(data.x_test, data.y_test)
-    assert accuracy == pytest.approx(result.final["central_accuracy"])
+    assert accuracy == pytest.approx(result.final["central_test_accuracy"])
 
 
 def test_wire_format_is_flowers_npy_format():

@@ -82,6 +82,34 @@ def read_trials(study_dir: Path) -> list[dict]:
     return list(csv.DictReader((study_dir / "trials.csv").open()))
 
 
+def assert_selected_on_validation(study_dir: Path) -> None:
+    """Values, pruning reports and the best trial come from validation; test only beside."""
+    import optuna
+
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{study_dir / 'study.db'}")
+    scored = {}
+    for trial in study.trials:
+        if trial.state.name not in ("COMPLETE", "PRUNED"):
+            continue
+        rows = json.loads((Path(trial.user_attrs["run_dir"]) / "metrics.json").read_text())
+        val = [r["central_val_accuracy"] for r in rows[1:]]
+        test = [r["central_test_accuracy"] for r in rows[1:]]
+        assert val != test, "validation and test columns must differ somewhere"
+        assert trial.user_attrs["accuracy"] == val[-1]
+        assert trial.user_attrs["test_accuracy"] == test[-1]
+        assert trial.user_attrs["accuracy_per_round"] == val
+        if trial.intermediate_values:  # what the pruner saw
+            assert list(trial.intermediate_values.values()) == val[:len(
+                trial.intermediate_values)]
+        if trial.state.name == "COMPLETE":
+            assert trial.value == val[-1]
+            scored[trial.number] = val[-1]
+    summary = json.loads((study_dir / "summary.json").read_text())
+    best = summary["best"]
+    assert scored[best["number"]] == max(scored.values()) == best["validation_accuracy"]
+    assert best["test_accuracy"] == study.trials[best["number"]].user_attrs["test_accuracy"]
+
+
 # -- space ----------------------------------------------------------------------------------
 def test_optuna_and_kerastuner_translations_give_the_same_space():
     import keras_tuner
@@ -170,6 +198,7 @@ def test_optuna_study_prunes_by_round_and_writes_a_report(tmp_path):
     best = sandbox.load_config(out / "best_config.toml")  # re-runnable plain config
     summary = json.loads((out / "summary.json").read_text())
     assert best.train.lr == pytest.approx(summary["best"]["params"]["lr"])
+    assert_selected_on_validation(out)
 
 
 def test_failing_trials_are_recorded_with_reason_and_the_study_goes_on(tmp_path):
@@ -365,3 +394,4 @@ def test_kerastuner_backend_runs_federated_trials(tmp_path, oracle):
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{out / 'study.db'}")
     assert len(study.trials) == len(trials)
     assert (out / "best_config.toml").is_file()
+    assert_selected_on_validation(out)

@@ -17,7 +17,7 @@ def test_shipped_config_learns(tmp_path, name, framework):
     cfg = sandbox.load_config(ROOT / "configs" / f"{name}.toml", {
         "framework": framework, "output.dir": str(tmp_path), "output.progress": False})
     result = sandbox.run(cfg)
-    accuracy = result.metric("central_accuracy")
+    accuracy = result.metric("central_test_accuracy")
     assert max(accuracy) > accuracy[0] + 0.3, accuracy
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients.schedule import batch_schedule
+from clients.schedule import PAD, batch_schedule
+from clients.trainer import get_trainer
 from sandbox.core.config import DataConfig, ModelConfig, TrainConfig
 from sandbox.core.data import load_federated_data
 from sandbox.core.models import ModelSpec
@@ -46,17 +47,27 @@ def test_trainer_learns(framework, optimizer, digits):
     assert after[0] < before[0] and after[1] > 0.8
 
 
+@pytest.mark.parametrize("budget", ["steps", "epochs"])
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
-def test_torch_and_keras_take_the_same_steps(arch, digits):
+def test_torch_and_keras_take_the_same_steps(arch, budget, digits):
+    """Same schedule, same steps; ``epochs``: 90 examples in batches of 16, so each of the
+    two epochs ends with a partial batch of 10 (padded rows)."""
     client, _ = digits
     spec = ModelSpec.from_config(ModelConfig(arch=arch), (8, 8, 1), 10)
-    cfg = TrainConfig(lr=0.05, momentum=0.9, local_steps=10, batch_size=16)
-    schedule = batch_schedule(len(client.y_train), cfg, np.random.default_rng(5))
+    if budget == "steps":
+        cfg = TrainConfig(lr=0.05, momentum=0.9, local_steps=10, batch_size=16)
+        x, y = client.x_train, client.y_train
+    else:
+        cfg = TrainConfig(lr=0.05, momentum=0.9, local_epochs=2, batch_size=16)
+        x, y = client.x_train[:90], client.y_train[:90]
+    schedule = batch_schedule(len(y), cfg, np.random.default_rng(5))
+    if budget == "epochs":
+        assert ((schedule != PAD).sum(axis=1) == [16] * 5 + [10] + [16] * 5 + [10]).all()
     results = []
     for framework in FRAMEWORKS:
         trainer = make_trainer(framework, spec, cfg)
         trainer.set_weights(spec.init_weights(1))
-        loss = trainer.fit(client.x_train, client.y_train, schedule, seed=0)
+        loss = trainer.fit(x, y, schedule, seed=0)
         results.append((loss, trainer.get_weights()))
     (torch_loss, torch_w), (keras_loss, keras_w) = results
     assert torch_loss == pytest.approx(keras_loss, rel=1e-4)
@@ -80,14 +91,53 @@ def test_fit_is_reproducible_and_resets_optimizer(framework, digits):
         np.testing.assert_array_equal(a, b)
 
 
-def test_batch_schedule_shapes():
-    rng = np.random.default_rng(0)
-    epochs = batch_schedule(100, TrainConfig(batch_size=32, local_epochs=2), rng)
-    assert epochs.shape == (2 * 4, 32)
-    first_pass = epochs.reshape(-1)[:100]
-    assert sorted(first_pass.tolist()) == list(range(100))  # each epoch is a permutation
-    steps = batch_schedule(10, TrainConfig(batch_size=32, local_steps=3), rng)
-    assert steps.shape == (3, 10)
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("mu", [0.0, 2.0])
+def test_a_padded_batch_is_the_batch_without_its_padding(framework, mu, digits):
+    """Padded entries change nothing: the step's loss is the mean over the real examples
+    (Keras keeps one step shape by gathering a safe index with weight 0)."""
+    client, _ = digits
+    spec = ModelSpec.from_config(ModelConfig(arch="cnn", channels=[4]), (8, 8, 1), 10)
+    cfg = TrainConfig(lr=0.3, local_steps=1, batch_size=8)
+    trainer = make_trainer(framework, spec, cfg)
+    results = []
+    for schedule in ([[3, 1, 4, 5, 9, PAD, PAD, PAD]], [[3, 1, 4, 5, 9]]):
+        trainer.set_weights(spec.init_weights(2))
+        loss = trainer.fit(client.x_train, client.y_train, np.array(schedule), seed=0,
+                           proximal_mu=mu)
+        results.append((loss, trainer.get_weights()))
+    (padded_loss, padded), (loss, unpadded) = results
+    assert padded_loss == pytest.approx(loss, rel=1e-6)
+    for a, b in zip(padded, unpadded, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    moved = sum(float(np.abs(a - b).sum()) for a, b in zip(padded, spec.init_weights(2),
+                                                           strict=True))
+    assert moved > 1e-3  # the step did something
+
+
+def test_torch_and_keras_dp_sgd_agree_on_partial_batches(digits):
+    """DP-SGD on shuffled fixed-size batches (``privacy.sample.poisson = false``): the
+    partial last batch of each epoch is normalized by the expected batch like the others;
+    without noise, both frameworks take the same steps and report the same loss."""
+    from sandbox.core.privacy import SampleDPPlan
+
+    client, _ = digits
+    x, y = client.x_train[:45], client.y_train[:45]
+    spec = ModelSpec.from_config(ModelConfig(arch="mlp", hidden=[16]), (8, 8, 1), 10)
+    cfg = TrainConfig(lr=0.5, local_epochs=2, batch_size=10)
+    schedule = batch_schedule(len(y), cfg, np.random.default_rng(1))
+    assert (schedule == PAD).sum() == 2 * 5
+    plan = SampleDPPlan(0.0, 0.4, 10 / 45, 10, len(schedule), False)
+    results = []
+    for framework in FRAMEWORKS:
+        trainer = get_trainer(framework, spec, cfg, private=True)
+        trainer.set_weights(spec.init_weights(5))
+        loss = trainer.fit(x, y, schedule, seed=0, dp=plan)
+        results.append((loss, trainer.get_weights()))
+    (torch_loss, torch_w), (keras_loss, keras_w) = results
+    assert torch_loss == pytest.approx(keras_loss, rel=1e-5)
+    for a, b in zip(torch_w, keras_w, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_fedprox_proximal_term_pulls_towards_the_round_start(digits):
@@ -102,11 +152,15 @@ def test_fedprox_proximal_term_pulls_towards_the_round_start(digits):
         trainer = make_trainer(framework, spec, cfg)
         for mu in (0.0, 5.0):
             trainer.set_weights(start)
-            trainer.fit(client.x_train, client.y_train, schedule, seed=0, proximal_mu=mu)
+            loss = trainer.fit(client.x_train, client.y_train, schedule, seed=0,
+                               proximal_mu=mu)
             weights = trainer.get_weights()
             drift[framework, mu] = (weights, sum(float(np.sum((w - s) ** 2))
-                                                 for w, s in zip(weights, start, strict=True)))
+                                                 for w, s in zip(weights, start, strict=True)),
+                                    loss)
     for framework in FRAMEWORKS:
         assert drift[framework, 5.0][1] < 0.8 * drift[framework, 0.0][1]
+    # the reported loss is the data loss, without the proximal term, in both frameworks
+    assert drift["torch", 5.0][2] == pytest.approx(drift["keras", 5.0][2], rel=1e-4)
     for a, b in zip(drift["torch", 5.0][0], drift["keras", 5.0][0], strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)

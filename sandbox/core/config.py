@@ -12,9 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sandbox.core.errors import ConfigError
 from sandbox.core.sampling import sample_size
@@ -41,8 +49,9 @@ class DataConfig(_Section):
     shards_per_client: int = Field(2, ge=1)
     quantity_beta: float = Field(0.5, gt=0)
     min_partition_size: int = Field(10, ge=0)
-    test_fraction: float = Field(0.2, ge=0, lt=1)
     global_test_fraction: float = Field(0.2, gt=0, lt=1)
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    client_validation_fraction: float = Field(0.2, ge=0, lt=1)
     num_samples: int = Field(4000, ge=10)
     synthetic_alpha: float = Field(1.0, ge=0)
     synthetic_beta: float = Field(1.0, ge=0)
@@ -70,6 +79,7 @@ class ModelConfig(_Section):
     kernel_size: int = Field(3, ge=1, le=15)
     activation: Activation = "relu"
     dropout: float = Field(0.0, ge=0, lt=1)
+    max_memory_gb: float = Field(4.0, gt=0)
 
     @model_validator(mode="after")
     def _check_sizes(self) -> ModelConfig:
@@ -139,7 +149,7 @@ class SampleDPConfig(_Section):
 
 
 class ClientDPConfig(_Section):
-    """Client-level DP: a Flower DP wrapper around the federation strategy."""
+    """Client-level DP (DP-FedAvg, fixed or adaptive clipping) around the strategy."""
 
     mode: ClientDPMode = "off"
     noise_multiplier: float = Field(1.0, gt=0)
@@ -174,6 +184,7 @@ class PrivacyConfig(_Section):
     delta: float = Field(1e-5, gt=0, lt=1)
     accountant: AccountantName = "rdp"
     budget_epsilon: float = Field(0.0, ge=0)
+    secure_rng: bool = False
     sample: SampleDPConfig = Field(default_factory=SampleDPConfig)
     client: ClientDPConfig = Field(default_factory=ClientDPConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
@@ -227,6 +238,11 @@ class Config(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return check_safe_name("name", name)
+
     @model_validator(mode="after")
     def _check_cross_sections(self) -> Config:
         audit = self.privacy.audit
@@ -265,12 +281,31 @@ class Config(_Section):
         return dict_to_toml(self.to_dict())
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_safe_name(key: str, name: str) -> str:
+    """``name`` if it is safe as a directory name; else a ValueError naming ``key``.
+
+    Run, sweep and study names become directory names under ``output.dir``: letters,
+    digits, ``.``, ``_`` and ``-``, starting with a letter or digit, at most 64
+    characters, no ``..`` (so no name can leave the results directory).
+    """
+    if not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"{key}={name!r} is not a safe directory name: use letters, digits, '.', '_' "
+            "and '-' (start with a letter or digit, at most 64 characters, no '..')")
+    return name
+
+
 def _check_client_dp(cfg: Config) -> None:
     client = cfg.privacy.client
     if client.mode.endswith("adaptive"):
-        sampled = cfg.federation.clients_per_round(cfg.data.num_clients)
-        stddev = client.clipped_count_stddev or sampled / 20
-        default = "" if client.clipped_count_stddev else " (default: clients per round / 20)"
+        # Clients are Poisson-sampled under client-level DP: qN is the expected count.
+        expected = cfg.federation.fraction_train * cfg.data.num_clients
+        stddev = client.clipped_count_stddev or expected / 20
+        default = ("" if client.clipped_count_stddev else
+                   " (default: fraction_train × num_clients / 20)")
         if client.noise_multiplier >= 2 * stddev:
             raise ValueError(
                 f"privacy.client.noise_multiplier={client.noise_multiplier} needs "
@@ -295,10 +330,20 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> Config:
                           problems=[line.strip() for line in lines]) from None
 
 
+#: Keys that were renamed: old dotted key -> (new key, why).
+RENAMED_KEYS = {
+    "data.test_fraction": ("data.client_validation_fraction",
+                           "each client's held-out share is its validation split"),
+}
+
+
 def describe_error(err: dict[str, Any], root: type[BaseModel] | None = None) -> str:
     """One line for a pydantic error: the key, what was given, what is allowed."""
     loc = ".".join(str(part) for part in err["loc"])
     kind = err["type"]
+    if kind == "extra_forbidden" and loc in RENAMED_KEYS and root in (None, Config):
+        new, why = RENAMED_KEYS[loc]
+        return f"  {loc}: renamed to {new} ({why})"
     if kind == "extra_forbidden":
         section, _, name = loc.rpartition(".")
         allowed = ", ".join(allowed_keys(root or Config, section))

@@ -1,9 +1,15 @@
 """Offline datasets and seeded federated partitions.
 
 Every dataset is a pair of numpy arrays ``x`` (float32, channels-last) and ``y`` (int64).
-A global test set is held out first; the rest is split over clients by a partitioner
-(flwr-datasets partitioners where one fits) and each client's share is split again into
-local train/test. Same ``DataConfig`` + seed -> identical partitions.
+Three disjoint uses, split in this order (seeded; same ``DataConfig`` + seed -> identical
+splits):
+
+1. the global **test** set (``data.global_test_fraction``): reported, never used to choose;
+2. the server-held **validation** set (``data.validation_fraction`` of the rest): the
+   centralized validation metrics that searches, pruning and "best" select on;
+3. the clients' data, split over clients by a partitioner (flwr-datasets partitioners
+   where one fits); each client's share is split again into local train and local
+   **validation** (``data.client_validation_fraction``), the federated validation metrics.
 """
 
 from __future__ import annotations
@@ -28,15 +34,17 @@ if TYPE_CHECKING:
 class ClientData:
     x_train: np.ndarray
     y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    x_val: np.ndarray  # the client's local validation split (federated evaluation)
+    y_val: np.ndarray
 
 
 @dataclass(frozen=True)
 class FederatedData:
     clients: list[ClientData]
-    x_test: np.ndarray
+    x_test: np.ndarray  # global test set: reported, never selected on
     y_test: np.ndarray
+    x_val: np.ndarray  # server-held validation set, disjoint from test and clients
+    y_val: np.ndarray
     input_shape: tuple[int, ...]
     num_classes: int
 
@@ -46,7 +54,7 @@ class FederatedData:
             {
                 "client": cid,
                 "n_train": int(len(c.y_train)),
-                "n_test": int(len(c.y_test)),
+                "n_val": int(len(c.y_val)),
                 "label_hist": np.bincount(c.y_train, minlength=self.num_classes).tolist(),
             }
             for cid, c in enumerate(self.clients)
@@ -56,6 +64,7 @@ class FederatedData:
             "num_classes": self.num_classes,
             "input_shape": list(self.input_shape),
             "global_test_size": int(len(self.y_test)),
+            "server_validation_size": int(len(self.y_val)),
             "clients": per_client,
         }
 
@@ -80,12 +89,25 @@ def _load_cached(cfg: DataConfig, seed: int) -> FederatedData:
     _check_labels(y, cfg)
     order = rng.permutation(len(y))
     x, y = x[order], y[order]
-    n_test = max(1, int(round(len(y) * cfg.global_test_fraction)))
-    x_test, y_test, x_pool, y_pool = x[:n_test], y[:n_test], x[n_test:], y[n_test:]
+    n_test = _held_out(len(y), cfg.global_test_fraction)
+    n_val = _held_out(len(y) - n_test, cfg.validation_fraction)
+    if len(y) - n_test - n_val < 1:
+        raise DataError(f"data.dataset '{cfg.dataset}' has {len(y)} samples: nothing is left "
+                        "for the clients after data.global_test_fraction and "
+                        "data.validation_fraction")
+    test, val, pool = np.split(np.arange(len(y)), [n_test, n_test + n_val])
     num_classes = int(max(y.max() + 1, 2))
-    parts = partition_indices(y_pool, cfg, seed=seed, num_classes=num_classes)
-    clients = [_split_client(x_pool[idx], y_pool[idx], cfg.test_fraction, rng) for idx in parts]
-    return FederatedData(clients, x_test, y_test, tuple(x.shape[1:]), num_classes)
+    parts = partition_indices(y[pool], cfg, seed=seed, num_classes=num_classes)
+    x_pool, y_pool = x[pool], y[pool]
+    clients = [_split_client(x_pool[idx], y_pool[idx], cfg.client_validation_fraction, rng)
+               for idx in parts]
+    return FederatedData(clients, x[test], y[test], x[val], y[val], tuple(x.shape[1:]),
+                         num_classes)
+
+
+def _held_out(n: int, fraction: float) -> int:
+    """Size of a held-out set: ``round(n * fraction)``, at least one sample."""
+    return max(1, int(round(n * fraction)))
 
 
 def load_arrays(cfg: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -245,22 +267,28 @@ def make_synthetic(cfg: DataConfig, rng: np.random.Generator) -> list[tuple[np.n
 
 
 def _from_natural_groups(groups, cfg: DataConfig, rng: np.random.Generator) -> FederatedData:
-    clients, test_x, test_y = [], [], []
+    """Test and server validation sets take the same share of every client's group."""
+    clients, held = [], {"test": ([], []), "val": ([], [])}
     for x, y in groups:
-        n_global = int(round(len(y) * cfg.global_test_fraction))
         order = rng.permutation(len(y))
-        test_x.append(x[order[:n_global]])
-        test_y.append(y[order[:n_global]])
-        rest = order[n_global:]
-        clients.append(_split_client(x[rest], y[rest], cfg.test_fraction, rng))
-    return FederatedData(
-        clients, np.concatenate(test_x), np.concatenate(test_y), (cfg.synthetic_dim,),
-        cfg.num_classes,
-    )
+        n_test = int(round(len(y) * cfg.global_test_fraction))
+        n_val = int(round((len(y) - n_test) * cfg.validation_fraction))
+        test, val, rest = np.split(order, [n_test, n_test + n_val])
+        for name, idx in (("test", test), ("val", val)):
+            held[name][0].append(x[idx])
+            held[name][1].append(y[idx])
+        clients.append(_split_client(x[rest], y[rest], cfg.client_validation_fraction, rng))
+    (x_test, y_test), (x_val, y_val) = (
+        (np.concatenate(xs), np.concatenate(ys)) for xs, ys in held.values())
+    if not len(y_val):
+        raise DataError("data.validation_fraction leaves the server no validation sample: "
+                        "raise it or data.num_samples")
+    return FederatedData(clients, x_test, y_test, x_val, y_val, (cfg.synthetic_dim,),
+                         cfg.num_classes)
 
 
-def _split_client(x, y, test_fraction: float, rng: np.random.Generator) -> ClientData:
+def _split_client(x, y, val_fraction: float, rng: np.random.Generator) -> ClientData:
     order = rng.permutation(len(y))
-    n_test = min(int(len(y) * test_fraction), max(len(y) - 1, 0))
-    test, train = order[:n_test], order[n_test:]
-    return ClientData(x[train], y[train], x[test], y[test])
+    n_val = min(int(len(y) * val_fraction), max(len(y) - 1, 0))
+    val, train = order[:n_val], order[n_val:]
+    return ClientData(x[train], y[train], x[val], y[val])

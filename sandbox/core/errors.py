@@ -68,6 +68,22 @@ class BudgetExhausted(Exception):
         self.projected = projected
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM asked the run to stop; it stopped at a round boundary.
+
+    A ``KeyboardInterrupt`` so that code which lets Ctrl-C through lets this through too
+    (a tuning trial stays "running" in its study and is re-run on ``--resume``).
+    ``exit_code`` is the shell convention 128 + signal number (130 SIGINT, 143 SIGTERM).
+    """
+
+    def __init__(self, signal_name: str, exit_code: int, server_round: int | None = None):
+        where = "" if server_round is None else f" after round {server_round}"
+        super().__init__(f"interrupted by {signal_name}{where}")
+        self.signal_name = signal_name
+        self.exit_code = exit_code
+        self.server_round = server_round
+
+
 class RunFailed(Exception):
     """A run that had a results directory stopped without finishing.
 

@@ -122,3 +122,27 @@ class ModelSpec:
 
     def num_parameters(self) -> int:
         return sum(math.prod(shape) for _, shape in self.weight_shapes())
+
+    def activations_per_example(self) -> int:
+        """Values one example's forward pass produces (conv maps before and after pooling,
+        dense outputs): what training keeps per example for the backward pass."""
+        total, spatial = 0, list(self.input_shape[:-1])
+        for layer in self.conv_layers():
+            total += math.prod(spatial) * layer.out_channels
+            if layer.pool:
+                spatial = [s // 2 for s in spatial]
+                total += math.prod(spatial) * layer.out_channels
+        return total + sum(fan_out for _, fan_out in self.dense_sizes())
+
+    def training_bytes(self, *, batch_size: int, per_example_grads: bool) -> int:
+        """Estimated float32 memory of one client's training step.
+
+        Weights, gradients and up to two optimizer slots (4 copies of the parameters),
+        activations for forward and backward (2 per value per example), and with DP-SGD
+        one gradient per example (Opacus' grad samples; our Keras DP step).
+        """
+        params = self.num_parameters()
+        values = 4 * params + 2 * self.activations_per_example() * batch_size
+        if per_example_grads:
+            values += params * batch_size
+        return 4 * values

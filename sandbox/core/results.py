@@ -5,7 +5,10 @@ A finished run's directory (written by :mod:`sandbox.engine.rundir`)::
     config.toml            resolved config (re-runnable with `fedsandbox run`)
     run.json               name, config hash, seed, versions, wall time, stop reason,
                            final metrics, ε
-    metrics.json / .csv    one row per round (round 0 = initial model), METRIC_COLUMNS;
+    metrics.json / .csv    one row per round (round 0 = initial model), METRIC_COLUMNS:
+                           central_val_* (server-held validation set), fed_val_*
+                           (clients' validation splits), central_test_* (global test
+                           set, reported only), train_loss, ε so far;
                            deterministic: same config + seed -> the same bytes
     timings.json           wall seconds per row (row 0: start-up and the initial model's
                            evaluation); the only non-deterministic numbers
@@ -42,10 +45,17 @@ class StopReason(StrEnum):
 
 
 PRIVACY_COLUMNS = ["eps_client_max", "eps_client_median", "eps_federation"]
+#: Which data each column comes from. Validation columns may be used to choose (searches,
+#: pruning, "best round"); test columns are only reported.
+VALIDATION_COLUMNS = ["central_val_accuracy", "central_val_loss",  # server-held val set
+                      "fed_val_accuracy", "fed_val_loss"]  # clients' local val splits
+TEST_COLUMNS = ["central_test_accuracy", "central_test_loss"]  # global test set
 METRIC_COLUMNS = [
-    "round", "central_accuracy", "central_loss", "train_loss", "eval_accuracy", "eval_loss",
+    "round", *VALIDATION_COLUMNS[:2], *TEST_COLUMNS, "train_loss", *VALIDATION_COLUMNS[2:],
     *PRIVACY_COLUMNS,
 ]
+#: The metric that picks a run's best round (and a sweep's or search's best run).
+SELECTION_METRIC = "central_val_accuracy"
 VERSIONED_PACKAGES = [
     "fedsandbox", "flwr", "flwr-datasets", "torch", "tensorflow-cpu", "keras", "numpy",
     "ray", "opacus", "optuna", "keras-tuner", "scikit-learn", "mnist1d", "pydantic",
@@ -60,6 +70,19 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def best_row(rows: list[dict[str, float | None]], key: str = SELECTION_METRIC
+             ) -> dict[str, float | None] | None:
+    """The row (round >= 1) with the highest validation ``key``; the first one on ties.
+
+    Selection never looks at test columns: choosing the round by test accuracy and then
+    reporting that accuracy would be optimistically biased.
+    """
+    if key in TEST_COLUMNS:
+        raise ValueError(f"{key} is a test metric; select on one of {VALIDATION_COLUMNS}")
+    scored = [r for r in rows if r["round"] >= 1 and r.get(key) is not None]
+    return max(scored, key=lambda r: r[key], default=None)
 
 
 def run_epsilon(scopes: dict[str, dict[str, float]], accountant: str) -> float | None:
@@ -115,5 +138,5 @@ class RunResult:
     round_seconds: list[float] = field(default_factory=list)
 
     def metric(self, key: str) -> list[float]:
-        """One metric over rounds, e.g. ``result.metric("central_accuracy")``."""
+        """One metric over rounds, e.g. ``result.metric("central_val_accuracy")``."""
         return [row[key] for row in self.rounds if row.get(key) is not None]

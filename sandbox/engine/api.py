@@ -29,7 +29,8 @@ def run(config: Config, *, callbacks=(), prior_ledger: PrivacyLedger | None = No
         From :func:`sandbox.load_config`.
     callbacks : iterable of callables ``(server_round, row) -> None``
         Called after every round's centralized evaluation with that round's metrics row
-        (``central_accuracy``, ``central_loss``, privacy columns). A callback may raise
+        (``central_val_*``, ``central_test_*``, privacy columns; test columns are for
+        reporting only, never for choosing). A callback may raise
         :class:`~sandbox.core.errors.RunPruned` or
         :class:`~sandbox.core.errors.RunDiverged` to stop the run.
     prior_ledger : PrivacyLedger, optional
@@ -82,6 +83,7 @@ def run(config: Config, *, callbacks=(), prior_ledger: PrivacyLedger | None = No
         failed = run_dir.fail(config, exc, reason, rows=recorder.rows_so_far(),
                               ledger=recorder.ledger_so_far())
         if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: not ours to wrap
+            exc.run_dir = failed  # the CLI names it in its one-line message
             exc.add_note(f"partial results kept in {failed}")
             raise
         raise RunFailed(exc, run_dir=failed, stop_reason=reason) from exc

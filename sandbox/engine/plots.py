@@ -17,19 +17,24 @@ def _pyplot():
 
 
 def plot_metrics(rows: list[dict], path: Path, title: str) -> None:
-    """Accuracy and loss per round: centralized (global test set) and federated (client test)."""
+    """Accuracy and loss per round: validation (server-held, federated) and test (dashed)."""
     plt = _pyplot()
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
     series = {
-        acc_ax: [("central_accuracy", "centralized"), ("eval_accuracy", "federated eval")],
-        loss_ax: [("central_loss", "centralized"), ("eval_loss", "federated eval"),
+        acc_ax: [("central_val_accuracy", "validation (server)"),
+                 ("fed_val_accuracy", "validation (clients)"),
+                 ("central_test_accuracy", "test (reported only)")],
+        loss_ax: [("central_val_loss", "validation (server)"),
+                  ("fed_val_loss", "validation (clients)"),
+                  ("central_test_loss", "test (reported only)"),
                   ("train_loss", "client train")],
     }
     for ax, keys in series.items():
         for key, label in keys:
             points = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
             if points:
-                ax.plot(*zip(*points, strict=True), marker=".", label=label)
+                style = "--" if key.startswith("central_test") else "-"
+                ax.plot(*zip(*points, strict=True), style, marker=".", label=label)
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -66,7 +71,7 @@ def plot_partitions(stats: dict, path: Path, title: str) -> None:
 def plot_sweep(
     values: list, finals: dict[str, list[float]], path: Path, xlabel: str, *, log_x: bool = True
 ) -> None:
-    """Final centralized accuracy against one swept parameter, one line per series."""
+    """Final test accuracy (fixed configs, nothing chosen) against one swept parameter."""
     plt = _pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -75,7 +80,7 @@ def plot_sweep(
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("final centralized accuracy")
+    ax.set_ylabel("final test accuracy (global test set)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -113,24 +118,28 @@ def plot_privacy(ledger, accountant: str, path: Path, title: str) -> None:
 
 
 def plot_utility_privacy(rows: list[dict], path: Path, title: str) -> None:
-    """Final accuracy against ε, one line per framework; no-DP baselines dashed."""
+    """Final test accuracy against ε, one line per framework; no-DP baselines dashed.
+
+    Every point is a fixed configuration's final round (nothing chosen), so the held-out
+    test accuracy is the right number to show.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     frameworks = sorted({r["framework"] for r in rows})
     colors = dict(zip(frameworks, plt.get_cmap("tab10").colors, strict=False))
     for framework in frameworks:
-        points = sorted((r["epsilon"], r["final_accuracy"]) for r in rows
+        points = sorted((r["epsilon"], r["final_test_accuracy"]) for r in rows
                         if r["framework"] == framework and not r["baseline"])
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", color=colors[framework],
                     label=f"{framework} (DP)")
         for r in rows:
             if r["framework"] == framework and r["baseline"]:
-                ax.axhline(r["final_accuracy"], ls="--", color=colors[framework],
+                ax.axhline(r["final_test_accuracy"], ls="--", color=colors[framework],
                            label=f"{framework}, no DP")
     ax.set_xscale("log")
     ax.set_xlabel("ε at fixed δ (each run's largest over its privacy scopes)")
-    ax.set_ylabel("final centralized accuracy")
+    ax.set_ylabel("final test accuracy (global test set)")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")

@@ -24,7 +24,7 @@ from sandbox.core.data import FederatedData
 from sandbox.core.errors import ConfigError, DataError
 from sandbox.core.experiment import load_experiment_data
 from sandbox.core.models import ModelSpec
-from sandbox.core.privacy import SampleDPPlan, sample_dp_plans
+from sandbox.core.privacy import SampleDPPlan, client_dp_plan, sample_dp_plans
 from sandbox.core.tomlio import parse_overrides, read_toml, set_dotted
 
 
@@ -112,6 +112,9 @@ def preflight(cfg: Config) -> Prepared:
     check_output_dir(Path(cfg.output.dir))
     data = load_experiment_data(cfg)
     spec = wire.model_spec_for(cfg)
+    _check_model_memory(cfg, spec)
+    _check_resources(cfg)
+    _check_client_dp(cfg)
     _check_client_sizes(cfg, data)
     return Prepared(data, spec, _sample_plans(cfg, data))
 
@@ -132,6 +135,29 @@ def check_output_dir(path: Path) -> None:
                           f"({exc.strerror})") from None
 
 
+def _check_model_memory(cfg: Config, spec: ModelSpec) -> None:
+    """A model too large for memory is a config error, not an out-of-memory crash."""
+    needed = spec.training_bytes(batch_size=cfg.train.batch_size,
+                                 per_example_grads=cfg.privacy.sample.enabled)
+    if needed > cfg.model.max_memory_gb * 2**30:
+        raise ConfigError(
+            f"model: {spec.num_parameters():,} parameters and "
+            f"{spec.activations_per_example():,} activations per example need about "
+            f"{needed / 2**30:.1f} GiB per training step (train.batch_size="
+            f"{cfg.train.batch_size}), above model.max_memory_gb={cfg.model.max_memory_gb:g}; "
+            "use smaller model.hidden / model.channels or raise model.max_memory_gb")
+
+
+def _check_resources(cfg: Config) -> None:
+    """Ray would wait forever for a client slot larger than the machine."""
+    cpus = os.cpu_count() or 1
+    if cfg.backend == "ray" and cfg.ray.num_cpus_per_client > cpus:
+        raise ConfigError(
+            f"ray.num_cpus_per_client={cfg.ray.num_cpus_per_client:g} exceeds the {cpus} "
+            f"CPU(s) of this machine: no client could ever be scheduled; allowed: "
+            f"0 < x <= {cpus}")
+
+
 def _check_client_sizes(cfg: Config, data: FederatedData) -> None:
     empty = [cid for cid, c in enumerate(data.clients) if len(c.y_train) == 0]
     if empty:
@@ -140,11 +166,22 @@ def _check_client_sizes(cfg: Config, data: FederatedData) -> None:
             f"{len(data.clients)} clients without training data (first: {empty[:5]}); "
             "use fewer data.num_clients or a larger data.min_partition_size"
         )
-    if cfg.federation.fraction_evaluate > 0 and sum(len(c.y_test) for c in data.clients) == 0:
+    if cfg.federation.fraction_evaluate > 0 and sum(len(c.y_val) for c in data.clients) == 0:
         raise DataError(
-            "no client has local test data (data.test_fraction too small); set "
-            "data.test_fraction > 0 or federation.fraction_evaluate = 0"
+            "no client has local validation data (data.client_validation_fraction too "
+            "small); set data.client_validation_fraction > 0 or "
+            "federation.fraction_evaluate = 0"
         )
+
+
+def _check_client_dp(cfg: Config) -> None:
+    """The client-level DP mechanism can be built (its own checks, before any output)."""
+    if cfg.privacy.client.mode == "off":
+        return
+    try:
+        client_dp_plan(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _sample_plans(cfg: Config, data: FederatedData) -> dict[int, SampleDPPlan]:

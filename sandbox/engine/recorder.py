@@ -21,6 +21,7 @@ from sandbox.core import wire
 from sandbox.core.errors import RunDiverged
 from sandbox.core.privacy import PrivacyLedger
 from sandbox.core.results import METRIC_COLUMNS, PRIVACY_COLUMNS, BudgetStop
+from sandbox.engine import interrupt
 from sandbox.engine.tensorboard import ScalarWriter
 
 if TYPE_CHECKING:
@@ -32,8 +33,13 @@ if TYPE_CHECKING:
     from strategies import Accounted
 
 #: Row column <- metric key in the clients' aggregated replies.
-CLIENT_COLUMNS = {"train_loss": wire.TRAIN_LOSS, "eval_loss": wire.EVAL_LOSS,
-                  "eval_accuracy": wire.EVAL_ACCURACY}
+CLIENT_COLUMNS = {"train_loss": wire.TRAIN_LOSS, "fed_val_loss": wire.EVAL_LOSS,
+                  "fed_val_accuracy": wire.EVAL_ACCURACY}
+#: TensorBoard tag <- row column, for the centralized metrics.
+CENTRAL_TAGS = {"central/val_accuracy": "central_val_accuracy",
+                "central/val_loss": "central_val_loss",
+                "central/test_accuracy": "central_test_accuracy",
+                "central/test_loss": "central_test_loss"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class RunRecord:
     client_reported: dict[int, float]
     participation: dict[int, dict[str, list[int]]]  # round -> purpose -> partition ids
     budget_stop: BudgetStop | None
+    client_dp_log: list[dict]  # per round: clipping norm, noise std, effective σ (client DP)
 
 
 class RunRecorder:
@@ -71,23 +78,24 @@ class RunRecorder:
         now = time.perf_counter()
         self.rows[server_round] = {
             "round": server_round,
-            "central_accuracy": metrics["accuracy"],
-            "central_loss": metrics["loss"],
+            **{k: metrics[k] for k in CENTRAL_TAGS.values()},
             **{k: metrics[k] for k in PRIVACY_COLUMNS if k in metrics},
         }
         self.round_seconds[server_round] = now - self._last
         self._last = now
         if self._tb:
             self._tb.scalars(server_round, {
-                "central/accuracy": metrics["accuracy"], "central/loss": metrics["loss"],
+                **{tag: metrics[key] for tag, key in CENTRAL_TAGS.items()},
                 **{f"privacy/{k}": metrics[k] for k in PRIVACY_COLUMNS if k in metrics},
             })
         if self._progress and server_round > 0:
             self._progress.update(self._progress.task_ids[0], completed=server_round,
-                                  acc=metrics["accuracy"], eps=_epsilon_text(metrics))
+                                  acc=metrics["central_val_accuracy"],
+                                  eps=_epsilon_text(metrics))
         try:
-            if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["accuracy"])):
+            if not all(math.isfinite(metrics[k]) for k in CENTRAL_TAGS.values()):
                 raise RunDiverged(server_round)
+            interrupt.check(server_round)  # SIGINT/SIGTERM: stop at this round boundary
             for callback in self.callbacks:
                 callback(server_round, dict(self.rows[server_round]))
         except BaseException as exc:
@@ -133,14 +141,15 @@ class RunRecorder:
             participation=dict(sorted(self.accounted.participation.items())),
             budget_stop=None if stop is None else BudgetStop(
                 stop.server_round, stop.scope, stop.projected, str(stop)),
+            client_dp_log=list(self.accounted.client_dp_log),
         )
 
     def _merged_rows(self) -> list[dict[str, float | None]]:
         """Rows per round, centralized metrics merged with the clients' aggregated ones."""
         result = self.accounted.result
         sources = {"train_loss": result.train_metrics_clientapp,
-                   "eval_loss": result.evaluate_metrics_clientapp,
-                   "eval_accuracy": result.evaluate_metrics_clientapp}
+                   "fed_val_loss": result.evaluate_metrics_clientapp,
+                   "fed_val_accuracy": result.evaluate_metrics_clientapp}
         rows = []
         for server_round in sorted(self.rows):
             row = {key: None for key in METRIC_COLUMNS} | self.rows[server_round]
@@ -170,7 +179,7 @@ def _progress_bar(cfg: Config):
     )
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("acc {task.fields[acc]:.3f}")]
+               TextColumn("val acc {task.fields[acc]:.3f}")]
     if cfg.privacy.any_dp:  # ε so far: the largest client's (DP-SGD), the federation's
         columns.append(TextColumn("{task.fields[eps]}"))
     progress = Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(),

@@ -1,9 +1,10 @@
 """Run directories: everything one run leaves behind, written all-or-nothing.
 
-A run writes into ``<output.dir>/.<run>.partial`` and is renamed to ``<output.dir>/<run>``
-only when every file is in place; a run that raises is renamed ``<run>.failed`` with the
-error in ``error.txt``; a run stopped on purpose by a round callback (a pruned tuning
-trial) becomes ``<run>.pruned`` with ``stopped.txt``. Both keep ``config.toml``,
+A run writes into ``<output.dir>/<run>.partial`` (its ``config.toml`` first) and is
+renamed to ``<output.dir>/<run>`` only when every file is in place; a run that raises is
+renamed ``<run>.failed`` with the error in ``error.txt``; one stopped by SIGINT/SIGTERM
+becomes ``<run>.interrupted``; one stopped on purpose by a round callback (a pruned tuning
+trial) becomes ``<run>.pruned`` with ``stopped.txt``. All keep ``config.toml``,
 ``metrics.json`` and ``ledger.json`` (privacy spent so far) and a ``run.json`` with the
 ``stop_reason`` and the error. The files of a finished run are listed in
 :mod:`sandbox.core.results`.
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import itertools
 import json
 import math
-import shutil
 import traceback
 from dataclasses import asdict
 from pathlib import Path
@@ -44,20 +45,42 @@ if TYPE_CHECKING:
     from sandbox.core.privacy import PrivacyLedger
 
 
+#: Suffixes a results directory can end with; ``""`` is a finished run.
+STATE_SUFFIXES = ("", ".partial", ".failed", ".pruned", ".interrupted")
+
+
+def reserve_directory(root: Path, base: str) -> tuple[Path, Path]:
+    """Create ``<root>/<base>[-n].partial`` atomically; return it and its final path.
+
+    ``mkdir`` either creates the directory or fails, so two processes (concurrent runs,
+    sweeps, study workers) never get the same name; a name is skipped while any
+    directory of that name exists in any state, so no run renames onto another's.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        name = base if n == 1 else f"{base}-{n}"
+        if any((root / f"{name}{suffix}").exists() for suffix in STATE_SUFFIXES):
+            continue
+        try:
+            (root / f"{name}.partial").mkdir()
+        except FileExistsError:
+            continue
+        return root / f"{name}.partial", root / name
+    raise AssertionError("unreachable")
+
+
 class RunDirectory:
-    """A results directory that becomes visible only once complete."""
+    """A results directory, ``<run>.partial`` while it runs, ``<run>`` once complete.
+
+    A run killed outright (kill -9) leaves ``<run>.partial``; ``fedsandbox ls`` shows it.
+    """
 
     def __init__(self, cfg: Config) -> None:
-        root = Path(cfg.output.dir)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         base = f"{cfg.name}-{stamp}-{cfg.config_hash()[:8]}"
-        name, n = base, 1
-        while (root / name).exists() or (root / f".{name}.partial").exists():
-            n += 1
-            name = f"{base}-{n}"
-        self.final_path = root / name
-        self.path = root / f".{name}.partial"
-        self.path.mkdir(parents=True)
+        self.path, self.final_path = reserve_directory(Path(cfg.output.dir), base)
+        # What the run is, from the start: a killed run's directory still says.
+        (self.path / "config.toml").write_text(cfg.to_toml())
 
     def write_json(self, name: str, payload: Any) -> None:
         """Strict JSON: non-finite numbers (a diverged round's loss) are written as null."""
@@ -96,11 +119,9 @@ class RunDirectory:
         else:
             (self.path / "error.txt").write_text(
                 "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-        failed = self.final_path.with_name(self.final_path.name + (
-            ".pruned" if pruned else ".failed"))
-        if failed.exists():
-            shutil.rmtree(failed)
-        self.path.rename(failed)
+        suffix = {StopReason.PRUNED: ".pruned", StopReason.INTERRUPTED: ".interrupted"}
+        failed = self.final_path.with_name(self.final_path.name + suffix.get(reason, ".failed"))
+        self.path.rename(failed)  # the name is ours: reserved with the .partial directory
         return failed
 
 
@@ -118,6 +139,9 @@ def privacy_report(cfg: Config, record: RunRecord, audits: dict) -> dict:
         "epsilon_per_round": {scope: ledger.per_round(scope, cfg.privacy.accountant)
                               for scope in ledger.scopes},
         "client_reported_epsilon": {str(k): v for k, v in record.client_reported.items()},
+        # Client-level DP, per round: the norm that clipped it, the noise std on the sum,
+        # the effective noise multiplier the release had (>= the accounted one).
+        "client_dp_rounds": record.client_dp_log,
         "audit": audits,
     }
 

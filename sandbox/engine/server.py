@@ -1,16 +1,16 @@
 """The Flower ``ServerApp`` every backend runs: registry strategy + centralized evaluation.
 
 The strategy is built as ``accounted(DP wrapper?(registry strategy))``: the optional
-Flower client-level DP wrapper, and outermost the privacy ledger / budget wrapper
-(``strategies.accounted``). The global model is evaluated on the global test set with a
-model from ``clients.get_evaluator`` after round 0 (the initial model) and every round.
+client-level DP wrapper (:mod:`strategies.client_dp`), and outermost the privacy
+ledger / budget wrapper (``strategies.accounted``). The global model is evaluated with a model from
+``clients.get_evaluator`` on the server-held validation set and on the global test set
+after round 0 (the initial model) and every round.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
@@ -62,8 +62,8 @@ def build_accounted_strategy(cfg: Config, initial_arrays: ArrayRecord, *, source
     """Registry strategy, optional client-level DP wrapper, ledger/budget wrapper."""
     data = load_experiment_data(cfg)
     client_dp = cfg.privacy.client.mode != "off"
-    # Client-level DP calibrates its noise to clipping_norm / clients per round, a bound
-    # on the sensitivity of the *unweighted* mean: clients send unit-weight = 1 for it.
+    # Under client-level DP every client counts equally (strategies.client_dp releases
+    # the noised clipped sum / qN); unit weights keep the aggregated client metrics so.
     weight_key = wire.UNIT_WEIGHT if client_dp else wire.NUM_EXAMPLES
     strategy = strategies.build_strategy(cfg.federation, cfg.data.num_clients,
                                          weighted_by_key=weight_key)
@@ -75,9 +75,6 @@ def build_accounted_strategy(cfg: Config, initial_arrays: ArrayRecord, *, source
 
 
 def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver) -> Result:
-    # Clients are chosen by seeded sampling (strategies.sampling); Flower's client-level
-    # DP wrappers still draw their noise from numpy's global generator.
-    np.random.seed(cfg.seed)
     data = load_experiment_data(cfg)
     spec = wire.model_spec_for(cfg)
     initial = wire.to_record(spec.init_weights(cfg.seed))
@@ -86,10 +83,13 @@ def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver) -> Result:
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         evaluator.set_weights(wire.record_to_arrays(spec, arrays))
-        loss, accuracy = evaluator.evaluate(data.x_test, data.y_test)
+        val_loss, val_accuracy = evaluator.evaluate(data.x_val, data.y_val)
+        test_loss, test_accuracy = evaluator.evaluate(data.x_test, data.y_test)
+        central = {"central_val_loss": val_loss, "central_val_accuracy": val_accuracy,
+                   "central_test_loss": test_loss, "central_test_accuracy": test_accuracy}
         privacy = accounted.ledger.round_summary(server_round, cfg.privacy.accountant)
-        observer.round_finished(server_round, {"loss": loss, "accuracy": accuracy, **privacy})
-        return MetricRecord({"central_loss": loss, "central_accuracy": accuracy})
+        observer.round_finished(server_round, {**central, **privacy})
+        return MetricRecord(central)
 
     observer.strategy_started(accounted)
     stopped = None

@@ -5,8 +5,10 @@ lists of values; every combination is one run. All combinations are validated be
 first run starts. Results go to ``<output.dir>/<name>-<stamp>/`` (written as
 ``.partial`` until complete):
 
-    sweep.csv / sweep.json   one row per run: swept values, final/best accuracy, ε
-    utility_privacy.png      final accuracy against ε, one line per framework
+    sweep.csv / sweep.json   one row per run: swept values, final validation and test
+                             accuracy, the best round chosen by validation accuracy with
+                             its validation and test accuracy, ε
+    utility_privacy.png      final test accuracy against ε, one line per framework
                              (when the sweep varies a DP setting)
     runs/                    every run's own results directory
 
@@ -20,16 +22,17 @@ import copy
 import datetime as dt
 import itertools
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from sandbox.core.config import Config
+from sandbox.core.config import Config, check_safe_name
 from sandbox.core.errors import ConfigError, SandboxError
-from sandbox.core.results import RunResult
+from sandbox.core.results import RunResult, best_row
 from sandbox.core.tomlio import read_toml, set_dotted
+from sandbox.engine import interrupt
 from sandbox.engine.api import run
 from sandbox.engine.preflight import preflight, validate_config
+from sandbox.engine.rundir import reserve_directory
 
 
 def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None
@@ -63,7 +66,12 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None
             run_raw["privacy"].pop("budget_epsilon", None)
         label = ", ".join(f"{k}={v}" for k, v in combo.items())
         runs.append((combo, validate_config(run_raw, source=f"{file} [{label}]")))
-    return str(raw.get("name", file.stem)), runs
+    name = str(raw.get("name", file.stem))
+    try:
+        check_safe_name("name" if "name" in raw else f"the sweep name (file {file.name})", name)
+    except ValueError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+    return name, runs
 
 
 def run_sweep(path: str | Path, overrides: dict[str, Any] | None = None,
@@ -80,25 +88,27 @@ def run_sweep(path: str | Path, overrides: dict[str, Any] | None = None,
         except SandboxError as exc:
             raise type(exc)(f"sweep combination {_describe(combo)}: {exc}",
                             problems=exc.problems) from None
-    root = Path(runs[0][1].output.dir)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    final_dir = root / f"{name}-{stamp}"
-    work = root / f".{name}-{stamp}.partial"
-    work.mkdir(parents=True)
+    work, final_dir = reserve_directory(Path(runs[0][1].output.dir), f"{name}-{stamp}")
     rows = []
     try:
         for index, (combo, cfg) in enumerate(runs, 1):
+            interrupt.check()  # a signal after a run: stop before the next one
             cfg = cfg.model_copy(update={"output": cfg.output.model_copy(
                 update={"dir": str(work / "runs"), "progress": not quiet})})
             result = run(cfg)
             rows.append(_row(combo, cfg, result))
             eps = "no DP" if result.epsilon is None else f"{result.epsilon:.3g}"
-            print(f"[{index}/{len(runs)}] {_describe(combo)}: accuracy "
-                  f"{rows[-1]['final_accuracy']:.3f}, ε {eps}", flush=True)
+            print(f"[{index}/{len(runs)}] {_describe(combo)}: val accuracy "
+                  f"{rows[-1]['final_val_accuracy']:.3f}, test accuracy "
+                  f"{rows[-1]['final_test_accuracy']:.3f}, ε {eps}", flush=True)
         _write(work, rows, name)
-    except BaseException:
-        failed = root / f"{name}-{stamp}.failed"
-        shutil.move(str(work), str(failed))
+    except BaseException as exc:
+        suffix = ".interrupted" if isinstance(exc, KeyboardInterrupt) else ".failed"
+        failed = final_dir.with_name(final_dir.name + suffix)
+        work.rename(failed)
+        if isinstance(exc, KeyboardInterrupt):
+            exc.run_dir = failed
         raise
     work.rename(final_dir)
     return final_dir
@@ -109,12 +119,17 @@ def _describe(combo: dict[str, Any]) -> str:
 
 
 def _row(combo: dict[str, Any], cfg: Config, result: RunResult) -> dict[str, Any]:
+    best = best_row(result.rounds) or result.rounds[-1]
     return {
         **{k: v for k, v in combo.items()},
         "framework": cfg.framework,
         "baseline": bool(combo.get("baseline", False)),
-        "final_accuracy": result.final["central_accuracy"],
-        "best_accuracy": max(result.metric("central_accuracy")),
+        # Validation chooses (best round), test is reported beside it.
+        "final_val_accuracy": result.final["central_val_accuracy"],
+        "final_test_accuracy": result.final["central_test_accuracy"],
+        "best_round": best["round"],
+        "best_round_val_accuracy": best["central_val_accuracy"],
+        "best_round_test_accuracy": best["central_test_accuracy"],
         "epsilon": result.epsilon,
         "stop_reason": result.stop_reason.value,
         "rounds_completed": result.rounds[-1]["round"],

@@ -7,7 +7,9 @@ Pure numpy/scipy apart from the accountant calls into Opacus (imported lazily), 
 from sandbox.core.privacy.accounting import ACCOUNTANTS, RDP_ORDERS, epsilon, noise_for_target
 from sandbox.core.privacy.ledger import FEDERATION, Mechanism, PrivacyLedger
 from sandbox.core.privacy.plan import (
+    ClientDPPlan,
     SampleDPPlan,
+    client_dp_plan,
     client_dp_rate,
     sample_dp_plan,
     sample_dp_plans,
@@ -15,11 +17,13 @@ from sandbox.core.privacy.plan import (
 
 __all__ = [
     "ACCOUNTANTS",
+    "ClientDPPlan",
     "FEDERATION",
     "RDP_ORDERS",
     "Mechanism",
     "PrivacyLedger",
     "SampleDPPlan",
+    "client_dp_plan",
     "client_dp_rate",
     "epsilon",
     "noise_for_target",

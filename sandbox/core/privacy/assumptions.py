@@ -35,16 +35,37 @@ def accounting_assumptions(cfg: Config) -> dict[str, str | bool]:
             "an approximation, not a proven upper bound for this sampling")
         out["sample_level_upper_bound"] = sample.poisson
     if client.mode != "off":
-        sampled = cfg.federation.clients_per_round(cfg.data.num_clients)
-        out["client_level_sampling"] = (
-            f"a fixed-size subset of {sampled} of {cfg.data.num_clients} clients per round, "
-            "without replacement, accounted as Poisson sampling with q = "
-            f"{sampled}/{cfg.data.num_clients} (the usual DP-FedAvg approximation, not a "
-            "proven upper bound for this sampling)" if sampled < cfg.data.num_clients else
-            "every client every round (q = 1: no amplification by sampling is claimed)")
-        out["client_level_upper_bound"] = sampled == cfg.data.num_clients
+        out.update(_client_level(cfg))
     if sample.enabled or client.mode != "off":
         out["noise_source"] = (
-            "seeded generators: the noise is reproducible from the run's seed, which suits "
-            "research but is not a privacy guarantee against anyone who knows the seed")
+            "OS CSPRNG (os.urandom) / Opacus secure_mode for the noise (and the Poisson "
+            "client sample of client-level DP): not reproducible"
+            if cfg.privacy.secure_rng else
+            "seeded generators: reproducible from the run's seed, which suits research but "
+            "is not a guarantee against anyone who knows the seed")
     return out
+
+
+def _client_level(cfg: Config) -> dict[str, str | bool]:
+    """Client-level DP: sampling, adjacency, what the guarantee covers."""
+    rate, clients = cfg.federation.fraction_train, cfg.data.num_clients
+    sampling = (
+        "every client every round (q = 1: no amplification by sampling is claimed)"
+        if rate >= 1 else
+        f"Poisson: each of the {clients} clients trains in each round independently with "
+        f"probability q = fraction_train = {rate:g} (expected {rate * clients:g} per round, "
+        "the number varies and may be 0), the sampling the accountant assumes")
+    return {
+        "client_level_sampling": sampling,
+        "client_level_upper_bound": True,
+        "client_level_adjacency": (
+            "add/remove one client with all of its data; the update sum is divided by the "
+            "constant qN (McMahan et al. 2018), each round releases the model even when "
+            "nobody took part, and adaptive clipping scales the noise by the norm that "
+            "clipped that round (Andrew et al. 2021)"),
+        "client_level_releases": (
+            "covered: the global models and clipping norms; not covered: which clients "
+            "were sampled (participation.json, the clients_sampled / valid_replies counts) "
+            "and the clients' aggregated metrics (train loss, federated evaluation); an "
+            "adversary who sees the sample loses the amplification by sampling"),
+    }

@@ -8,8 +8,9 @@ Scopes
     Sample-level DP-SGD inside client ``pid``: protects one example of that client's data.
     Each round the client trained adds ``steps`` subsampled Gaussian steps.
 ``federation``
-    Client-level DP (a Flower DP wrapper): protects one client's whole contribution.
-    Each round adds one subsampled Gaussian release with rate = clients per round / clients.
+    Client-level DP (:mod:`strategies.client_dp`): protects one client's whole
+    contribution. Each round adds one Poisson-subsampled Gaussian release with rate
+    q = ``federation.fraction_train``, the rate the clients were sampled with.
 
 Composition
 -----------

@@ -1,0 +1,210 @@
+"""Bad input, as a user would give it: one clear message, exit code 2, nothing written.
+
+Every row runs the CLI in-process (``sandbox.cli.main``) from an empty working directory
+with its outputs pointed into the test's temporary directory, and checks: the exit code
+is 2, stderr holds no traceback and names what is wrong (the key, file or value), and no
+file or directory was created anywhere (no half run directories, no empty studies).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sandbox.cli import main
+from tests.conftest import ROOT
+
+QUICK = str(ROOT / "configs" / "quickstart.toml")
+STUDY = str(ROOT / "configs" / "search_digits.toml")
+SWEEP = str(ROOT / "configs" / "dp_sweep.toml")
+
+
+def run_args(*sets: str) -> list[str]:
+    return ["run", QUICK, *(a for s in sets for a in ("--set", s))]
+
+
+def npz_args(name: str) -> list[str]:
+    return run_args("data.dataset=npz", f"data.path={{inp}}/{name}.npz", "model.arch=mlp")
+
+
+def csv_args(name: str) -> list[str]:
+    return run_args("data.dataset=csv", f"data.path={{inp}}/{name}.csv", "model.arch=mlp")
+
+
+CASES = {
+    # -- run configs, from --set ------------------------------------------------------------
+    "unknown key": (run_args("data.alfa=0.1"), ["data.alfa", "allowed keys"]),
+    "unknown top-level key": (run_args("bogus=1"), ["bogus", "top level"]),
+    "text for an int": (run_args("rounds=many"), ["rounds", "'many'"]),
+    "float for an int": (run_args("rounds=2.5"), ["rounds", "integer"]),
+    "zero rounds": (run_args("rounds=0"), ["rounds", "greater than or equal to 1"]),
+    "negative alpha": (run_args("data.alpha=-1.0"), ["data.alpha", "greater than 0"]),
+    "nan lr": (run_args("train.lr=nan"), ["train.lr"]),
+    "inf lr": (run_args("train.lr=inf"), ["train.lr"]),
+    "unknown dataset": (run_args("data.dataset=cifar"), ["data.dataset", "'digits'"]),
+    "unknown arch": (run_args("model.arch=resnet"), ["model.arch", "'mlp'"]),
+    "unknown framework": (run_args("framework=jax"), ["framework", "'torch'"]),
+    "unknown backend": (run_args("backend=grpc"), ["backend", "'inline'"]),
+    "unknown strategy": (run_args("federation.strategy=fedfoo"),
+                         ["federation.strategy", "fedfoo", "fedavg"]),
+    "epochs and steps": (run_args("train.local_epochs=1", "train.local_steps=5"),
+                         ["local_epochs", "local_steps"]),
+    "natural without synthetic": (run_args("data.partitioner=natural"), ["natural"]),
+    "npz without path": (run_args("data.dataset=npz"), ["data.path"]),
+    "renamed key": (run_args("data.test_fraction=0.2"), ["data.client_validation_fraction"]),
+    "no validation set": (run_args("data.validation_fraction=0"),
+                          ["data.validation_fraction"]),
+    "validation is everything": (run_args("data.validation_fraction=1"),
+                                 ["data.validation_fraction"]),
+    "secure_rng not bool": (run_args("privacy.secure_rng=yes"), ["privacy.secure_rng"]),
+    "name with slash": (run_args("name=a/b"), ["name='a/b'", "safe directory name"]),
+    "name with dots": (run_args("name=../up"), ["name='../up'"]),
+    "empty name": (run_args("name="), ["name=''"]),
+    "zero width layer": (run_args("model.hidden=[0]"), ["model.hidden"]),
+    "model too large": (run_args("model.arch=mlp", "model.hidden=[100000, 100000]"),
+                        ["model.max_memory_gb", "parameters"]),
+    "too many cpus for ray": (run_args("backend=ray", "ray.num_cpus_per_client=4096"),
+                              ["ray.num_cpus_per_client"]),
+    "unreachable target epsilon": (run_args("privacy.sample.enabled=true",
+                                            "privacy.sample.target_epsilon=0.001"),
+                                   ["privacy.sample.target_epsilon"]),
+    "dp-sgd with dropout": (run_args("privacy.sample.enabled=true", "model.dropout=0.5"),
+                            ["model.dropout"]),
+    "budget without dp": (run_args("privacy.budget_epsilon=5"), ["privacy.budget_epsilon"]),
+    "adaptive noise too large": (run_args("privacy.client.mode=server_adaptive",
+                                          "privacy.client.noise_multiplier=5"),
+                                 ["privacy.client.clipped_count_stddev"]),
+    "canary client out of range": (run_args("privacy.audit.canaries=4",
+                                            "privacy.audit.canary_client=99"),
+                                   ["privacy.audit.canary_client"]),
+    "zero fraction_train": (run_args("federation.fraction_train=0"),
+                            ["federation.fraction_train"]),
+    "fraction_train above 1": (run_args("federation.fraction_train=1.5"),
+                               ["federation.fraction_train"]),
+    "strategy arg out of range": (run_args("federation.strategy=fedadam",
+                                           "federation.strategy_args.eta=-1.0"), ["eta"]),
+    "unknown strategy arg": (run_args("federation.strategy_args.bogus=1"), ["bogus"]),
+    "client dp around a median": (run_args("federation.strategy=fedmedian",
+                                           "privacy.client.mode=server_fixed"),
+                                  ["privacy.client.mode", "fedmedian"]),
+    "negative seed": (run_args("seed=-1"), ["seed"]),
+    "no clients": (run_args("data.num_clients=0"), ["data.num_clients"]),
+    "momentum with adam": (run_args("train.optimizer=adam", "train.momentum=0.5"),
+                           ["train.momentum"]),
+    "zero delta": (run_args("privacy.delta=0"), ["privacy.delta"]),
+    "kernel too large": (run_args("model.kernel_size=99"), ["model.kernel_size"]),
+    "more clients than data": (run_args("data.num_clients=2000"), ["data."]),
+    "override without =": (run_args("rounds"), ["rounds"]),
+    "output.dir is a file": (run_args("output.dir={inp}/afile.txt"), ["output.dir"]),
+    # -- config and data files ------------------------------------------------------------
+    "missing config file": (["run", "{inp}/nope.toml"], ["nope.toml"]),
+    "malformed toml": (["run", "{inp}/broken.toml"], ["broken.toml"]),
+    "sweep file given to run": (["run", SWEEP], ["fedsandbox sweep"]),
+    "study file given to run": (["run", STUDY], ["fedsandbox search"]),
+    "npz missing": (npz_args("absent"), ["absent.npz", "not found"]),
+    "npz without y": (npz_args("no_y"), ["no_y.npz", "'y'"]),
+    "npz with nan": (npz_args("nan"), ["nan.npz", "non-finite"]),
+    "npz beyond float32": (npz_args("huge"), ["huge.npz", "non-finite"]),
+    "npz text features": (npz_args("text"), ["text.npz", "not numeric"]),
+    "npz row mismatch": (npz_args("mismatch"), ["mismatch.npz", "rows"]),
+    "npz label gap": (npz_args("gap"), ["gap.npz", "0..K-1"]),
+    "npz negative label": (npz_args("negative"), ["negative.npz", "labels"]),
+    "npz fractional label": (npz_args("fraction"), ["fraction.npz", "labels"]),
+    "npz one class": (npz_args("oneclass"), ["2 distinct labels"]),
+    "npz not an archive": (npz_args("garbage"), ["garbage.npz", "cannot read"]),
+    "csv missing": (csv_args("absent"), ["absent.csv", "not found"]),
+    "csv header only": (csv_args("header_only"), ["header_only.csv", "data row"]),
+    "csv no label column": (csv_args("no_label"), ["data.label_column", "'label'"]),
+    "csv text cell": (csv_args("text"), ["text.csv", "row 2", "'f1'"]),
+    "csv short row": (csv_args("short"), ["short.csv", "row 1"]),
+    "csv nan cell": (csv_args("nan"), ["nan.csv", "non-finite"]),
+    "csv empty cell": (csv_args("empty"), ["empty.csv", "empty cells"]),
+    "csv label gap": (csv_args("gap"), ["gap.csv", "0..K-1"]),
+    # -- studies and sweeps ------------------------------------------------------------------
+    "study unknown key": (["search", "{inp}/study_key.toml"], ["study.n_trails"]),
+    "study unknown table": (["search", "{inp}/study_table.toml"], ["unknown table"]),
+    "study bad sampler": (["search", STUDY, "--set", "study.sampler=anneal"],
+                          ["study.sampler", "'tpe'"]),
+    "study objective order": (["search", STUDY, "--set", 'study.objectives=["epsilon"]'],
+                              ["study.objectives"]),
+    "study unsafe name": (["search", STUDY, "--set", "study.name=../x"], ["study.name"]),
+    "study bad storage url": (["search", STUDY, "--set", "study.storage=foo:/bar"],
+                              ["study.storage", "not a database URL"]),
+    "study unknown storage driver": (["search", STUDY, "--set", "study.storage=nosuch://x"],
+                                     ["study.storage", "cannot open"]),
+    "resume a missing study": (["search", STUDY, "--resume"], ["--resume", "no study"]),
+    "study experiment missing": (["search", "{inp}/study_experiment.toml"], ["nowhere.toml"]),
+    "search override outside study": (["search", STUDY, "--set", "rounds=3"], ["rounds"]),
+    "sweep values not a list": (["sweep", "{inp}/sweep_scalar.toml"], ["non-empty lists"]),
+    "sweep without table": (["sweep", QUICK], ["[sweep] table"]),
+    "sweep bad combination": (["sweep", "{inp}/sweep_bad.toml"], ["noise_multiplier"]),
+    "ls on a missing directory": (["ls", "{inp}/nowhere"], ["nowhere", "not a directory"]),
+}
+
+
+def _write_inputs(inp):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 4)), np.arange(60) % 3
+    arrays = {
+        "no_y": {"x": x}, "nan": {"x": np.where(np.eye(60, 4) > 0, np.nan, x), "y": y},
+        "huge": {"x": x * 1e39, "y": y}, "text": {"x": np.array([["a"] * 4] * 60), "y": y},
+        "mismatch": {"x": x, "y": y[:50]}, "gap": {"x": x, "y": y * 2},
+        "negative": {"x": x, "y": y - 1}, "fraction": {"x": x, "y": y + 0.5},
+        "oneclass": {"x": x, "y": np.zeros(60, int)},
+    }
+    for name, content in arrays.items():
+        np.savez(inp / f"{name}.npz", **content)
+    (inp / "garbage.npz").write_bytes(b"not a zip archive")
+    body = "\n".join(f"{i % 3},{i * 0.1},{i * 0.2}" for i in range(30))
+    csvs = {
+        "header_only": "label,f1,f2\n", "no_label": "y,f1,f2\n" + body,
+        "text": "label,f1,f2\n0,1,2\n1,abc,2\n" + body, "short": "label,f1,f2\n0,1\n" + body,
+        "nan": "label,f1,f2\n0,nan,2\n" + body, "empty": "label,f1,f2\n0,,2\n" + body,
+        "gap": "label,f1,f2\n" + "\n".join(f"{2 * (i % 3)},{i},{i}" for i in range(30)),
+    }
+    for name, text in csvs.items():
+        (inp / f"{name}.csv").write_text(text)
+    (inp / "afile.txt").write_text("not a directory")
+    (inp / "broken.toml").write_text("rounds = = 3\n")
+    study = open(STUDY).read().replace('experiment = "quickstart.toml"',
+                                       f'experiment = "{QUICK}"')
+    (inp / "study_key.toml").write_text(study.replace("n_trials = 30", "n_trails = 30"))
+    (inp / "study_table.toml").write_text(study + "\n[extra]\na = 1\n")
+    (inp / "study_experiment.toml").write_text(
+        study.replace(f'experiment = "{QUICK}"', 'experiment = "nowhere.toml"'))
+    (inp / "sweep_scalar.toml").write_text('[sweep]\n"data.alpha" = 0.5\n')
+    (inp / "sweep_bad.toml").write_text(
+        '[sweep]\n"privacy.sample.enabled" = [true]\n'
+        '"privacy.sample.noise_multiplier" = [1.0, -1.0]\n')
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_clear_message_exit_2_and_no_debris(case, tmp_path, monkeypatch,
+                                                              capsys):
+    argv, must_mention = CASES[case]
+    inp, cwd, out = tmp_path / "inputs", tmp_path / "cwd", tmp_path / "out"
+    inp.mkdir()
+    cwd.mkdir()
+    _write_inputs(inp)
+    monkeypatch.chdir(cwd)
+    before = sorted(p.name for p in inp.iterdir())
+    argv = [a.format(inp=inp) for a in argv]
+    sets_output = any(a.startswith("output.dir=") for a in argv)
+    extra = ([] if sets_output else ["--set", f"output.dir={out}"] if argv[0] in ("run", "sweep")
+             else ["--set", f"study.output_dir={out}"] if argv[0] == "search" else [])
+    try:
+        code = main([*argv, *extra])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, (code, err[-3000:])
+    assert "Traceback" not in err
+    for fragment in must_mention:
+        assert fragment in err, (fragment, err)
+    assert not out.exists(), f"left {sorted(p.name for p in out.rglob('*'))}"
+    assert not list(cwd.iterdir()), f"left {list(cwd.iterdir())} in the working directory"
+    assert sorted(p.name for p in inp.iterdir()) == before
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 60
