@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +21,10 @@ ROOT = Path(__file__).parent
 ENV = ROOT / ".nox" / "fedsandbox-env"
 STAMP = ENV / ".fedsandbox-stamp"
 BIN = ENV / "bin"
+# TensorFlow Federated's own environment (twin runs): see constraints-tff.txt.
+TFF_ENV = ROOT / ".nox" / "tff-env"
+TFF_STAMP = TFF_ENV / ".tff-stamp"
+TFF_NO_DEPS = ("tensorflow-federated==0.87.0", "tensorflow-privacy==0.9.0")
 
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["quickstart"]
@@ -66,7 +71,12 @@ def quickstart(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Default test suite (both frameworks, both backends); fails if no test ran."""
+    """Default test suite (both frameworks, every backend, the TFF twin); fails if no test ran.
+
+    Builds TensorFlow Federated's own environment first (once; ~2 min, 2.5 GB) so the
+    twin cross-check runs here too.
+    """
+    _tff_env(session)
     _run(session, "python", "-m", "pytest", "-m", "not slow", *session.posargs)
 
 
@@ -85,9 +95,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Runtime overhead (bare loop / inline Grid / Ray) and DP-SGD step-time ratios."""
+    """Runtime overhead (bare loop / inline Grid / Ray), DP-SGD step time, checkpoint cost."""
     _run(session, "python", "benchmarks/bench_runtime.py", *session.posargs)
     _run(session, "python", "benchmarks/bench_dp.py")
+    _run(session, "python", "benchmarks/bench_checkpoint.py")
 
 
 @nox.session
@@ -113,3 +124,46 @@ def crosscheck(session: nox.Session) -> None:
 def run(session: nox.Session) -> None:
     """Any CLI command in the shared environment: `nox -s run -- run configs/x.toml`."""
     _run(session, "fedsandbox", *session.posargs)
+
+
+def _tff_requirements_hash() -> str:
+    digest = hashlib.sha256((ROOT / "constraints-tff.txt").read_bytes())
+    digest.update(" ".join(TFF_NO_DEPS).encode())
+    return digest.hexdigest()
+
+
+def _tff_env(session: nox.Session) -> None:
+    """Create TFF's environment from scratch when constraints-tff.txt (or the pins) change.
+
+    Rebuilt from an empty directory rather than upgraded in place, so that a package
+    dropped from the constraints does not linger in an environment whose numbers we report.
+    """
+    wanted = _tff_requirements_hash()
+    if TFF_STAMP.is_file() and TFF_STAMP.read_text() == wanted:
+        return
+    if TFF_ENV.exists():
+        shutil.rmtree(TFF_ENV)
+    session.run(sys.executable, "-m", "venv", str(TFF_ENV), external=True)
+    python = str(TFF_ENV / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    session.run(*pip, "-r", "constraints-tff.txt", "-c", "constraints-tff.txt", external=True)
+    # TFF 0.87 pins jax/jaxlib 0.4.14, which the registry lacks: its requirements are
+    # installed above under our pins, TFF and TF Privacy themselves without dependencies.
+    session.run(*pip, "--no-deps", *TFF_NO_DEPS, external=True)
+    session.run(python, "-c", "import tensorflow_federated as tff, tensorflow_privacy; "
+                "print('tensorflow-federated', tff.__version__)",
+                env={"TF_CPP_MIN_LOG_LEVEL": "2"}, external=True)
+    TFF_STAMP.write_text(wanted)
+
+
+@nox.session
+def tff(session: nox.Session) -> None:
+    """TFF twin of a config (default configs/twin_fedavg.toml): `nox -s tff -- CONFIG`.
+
+    Builds TensorFlow Federated's own environment (.nox/tff-env) if needed, then runs the
+    config in the sandbox and in TFF on the same exported inputs and writes the comparison
+    into the run directory's twin/ folder (docs/twins.md).
+    """
+    _tff_env(session)
+    args = session.posargs or ["configs/twin_fedavg.toml"]
+    _run(session, "python", "-m", "sandbox.engine.twin", *args)

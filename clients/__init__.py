@@ -11,6 +11,8 @@ torch, TensorFlow, Keras or Flower; each function imports what it needs.
     (the server's centralized evaluation uses it).
 ``run_audits(cfg, spec, weights)``
     Membership-inference and canary audits of a final model.
+``training_batches(cfg, server_round, partition_id, num_examples)``
+    The mini-batches a client trains on in a round without DP-SGD (twin runs export them).
 """
 
 from __future__ import annotations
@@ -44,4 +46,18 @@ def run_audits(cfg: Config, spec: ModelSpec, weights: list[np.ndarray]) -> dict:
     return audits(cfg, spec, weights)
 
 
-__all__ = ["get_evaluator", "make_client_app", "run_audits"]
+def training_batches(cfg: Config, server_round: int, partition_id: int,
+                     num_examples: int) -> list[np.ndarray]:
+    """Index arrays of the mini-batches client ``partition_id`` trains on in a round, in order.
+
+    The ClientApp's schedule without DP-SGD (``clients.schedule``: generator from
+    ``client_randomness(seed, round, partition id)``, ``batch_schedule``), with the
+    padding of partial batches removed: one array per optimizer step.
+    """
+    from clients.schedule import PAD, batch_schedule, client_randomness
+
+    rng, _ = client_randomness(cfg.seed, server_round, partition_id)
+    return [row[row != PAD] for row in batch_schedule(num_examples, cfg.train, rng)]
+
+
+__all__ = ["get_evaluator", "make_client_app", "run_audits", "training_batches"]

@@ -9,7 +9,11 @@ steps trained, the DP accountant) lives in ``context.state`` and so persists acr
 
 from __future__ import annotations
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+import functools
+import logging
+import time
+
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.dp import account_round, client_mods
@@ -19,10 +23,15 @@ from sandbox.core import wire
 from sandbox.core.config import Config
 from sandbox.core.data import ClientData
 from sandbox.core.experiment import load_experiment_data
+from sandbox.core.faults import InjectedFault, injected_delay, injected_failure
 from sandbox.core.models import ModelSpec
 from sandbox.core.privacy import sample_dp_plan
 
 STATE_KEY = "client-progress"
+#: Flower's error code for "the ClientApp raised" (flwr.common.constant.ErrorCode).
+CLIENT_APP_RAISED_EXCEPTION = 2
+
+logger = logging.getLogger(__name__)
 
 
 def make_client_app(cfg: Config) -> ClientApp:
@@ -44,6 +53,7 @@ def make_client_app(cfg: Config) -> ClientApp:
     # Client-side clipping applies to training replies only (evaluate and query messages
     # carry no model update to clip).
     @app.train(mods=client_mods(cfg.privacy.client.mode))
+    @failures_as_replies(cfg, "train")
     def train(msg: Message, context: Context) -> Message:
         partition_id, data, spec, trainer = local(context)
         trainer.set_weights(wire.record_to_arrays(spec, msg.content[wire.ARRAYS]))
@@ -81,6 +91,7 @@ def make_client_app(cfg: Config) -> ClientApp:
                        reply_to=msg)
 
     @app.evaluate()
+    @failures_as_replies(cfg, "evaluate")
     def evaluate(msg: Message, context: Context) -> Message:
         _, data, spec, trainer = local(context)
         trainer.set_weights(wire.record_to_arrays(spec, msg.content[wire.ARRAYS]))
@@ -92,6 +103,40 @@ def make_client_app(cfg: Config) -> ClientApp:
         return Message(RecordDict({wire.METRICS: metrics}), reply_to=msg)
 
     return app
+
+
+def failures_as_replies(cfg: Config, purpose: str):
+    """Decorator: a handler that raises replies with a Flower error message instead.
+
+    The reason is ``"<ExceptionType>: <message>"`` on every backend (Flower's runtimes
+    would each format it their own way), so the server records failures as data.
+    Injected faults (``[faults]``, seeded per round and partition) happen here too.
+    """
+
+    def decorate(handler):
+        @functools.wraps(handler)
+        def wrapped(msg: Message, context: Context) -> Message:
+            pid = int(context.node_config[wire.NODE_PARTITION_ID])
+            try:
+                server_round = int(msg.content[wire.CONFIG][wire.SERVER_ROUND])
+                delay = injected_delay(cfg, pid)
+                if delay:
+                    time.sleep(delay)
+                why = injected_failure(cfg, server_round, pid, purpose)
+                if why is not None:
+                    raise InjectedFault(why)
+                return handler(msg, context)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a reply
+                reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                if not isinstance(exc, InjectedFault):
+                    logger.warning("client %d failed its %s message: %s", pid, purpose,
+                                   reason, exc_info=logger.isEnabledFor(logging.DEBUG))
+                return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=reason),
+                               reply_to=msg)
+
+        return wrapped
+
+    return decorate
 
 
 def _record_progress(context: Context, *, steps: int) -> None:

@@ -3,7 +3,9 @@
 The top layer: it may use every layer below (engine, search). User errors
 (:class:`~sandbox.core.errors.SandboxError`, also as the cause of a
 :class:`~sandbox.core.errors.RunFailed`) print one message and exit with code 2; a run
-that diverged exits with code 3; internal errors keep their traceback (exit code 1).
+that diverged exits with code 3, one whose clients failed beyond
+``federation.min_train_replies`` with code 4; SIGINT/SIGTERM give 130/143 (the run stops
+after its current round); internal errors keep their traceback (exit code 1).
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import json
 import sys
 import traceback
 
-from sandbox.core.errors import RunFailed, SandboxError
+from sandbox.core.errors import ClientsFailed, RunFailed, SandboxError
 from sandbox.core.results import StopReason
 
 EXIT_USER_ERROR = 2  # bad config, data file, --set value: one message, nothing written
 EXIT_DIVERGED = 3  # the run's loss became non-finite; partial results are kept
+EXIT_CLIENTS_FAILED = 4  # too few clients replied in a round; partial results are kept
 EXIT_SIGINT = 130  # 128 + SIGINT; SIGTERM gives 143 (RunInterrupted.exit_code)
 
 
@@ -43,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
                    "override a config key, e.g. data.alpha=0.1")
     run.add_argument("--quiet", action="store_true",
                      help="no progress bar or summary table; print only the run directory")
+    run.add_argument("--resume", action="store_true",
+                     help="CONFIG is the directory of a killed or interrupted run: continue "
+                     "it from its last round checkpoint")
     sweep = _command(commands, "sweep",
                      "run every combination of a config's [sweep] table (e.g. DP noise)",
                      "experiment TOML with a [sweep] table", "override a key of every run")
@@ -53,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                       "override a [study] key", "study.KEY=VALUE")
     search.add_argument("--resume", action="store_true",
                         help="continue the study in its storage (interrupted trials re-run)")
+    _command(commands, "twin", "run a config in the sandbox and in TensorFlow Federated "
+             "(its own environment: `nox -s tff`) and compare them (docs/twins.md)",
+             "experiment TOML (e.g. configs/twin_fedavg.toml)", "override a config key")
     _command(commands, "show-config", "print the resolved config as TOML", "experiment TOML")
     listing = commands.add_parser("ls", help="list the runs, sweeps and studies in a "
                                   "results directory with their state")
@@ -66,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     handlers = {"run": _run, "show-config": _run, "sweep": _sweep, "search": _search,
-                "ls": _ls}
+                "ls": _ls, "twin": _twin}
     try:
         with graceful_interrupts():
             return handlers[args.command](args)
@@ -76,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedsandbox: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RunFailed as exc:
+        if isinstance(exc.cause, ClientsFailed):
+            print(f"fedsandbox: run failed: {exc.cause}\n"
+                  f"  partial results kept in {exc.run_dir}", file=sys.stderr)
+            return EXIT_CLIENTS_FAILED
         if not isinstance(exc.cause, SandboxError):
             raise
         if args.debug:
@@ -100,6 +113,8 @@ def _run(args) -> int:
     if args.command == "show-config":
         print(load_config(args.config, overrides).to_toml(), end="")
         return 0
+    if args.resume:
+        return _resume(args)
     if args.quiet:
         overrides.append("output.progress=false")
     cfg = load_config(args.config, overrides)
@@ -109,6 +124,22 @@ def _run(args) -> int:
     if not args.quiet:
         print_summary(cfg, result)
     print(result.run_dir)  # on a line of its own (the table may cut it); --quiet: only this
+    return 0
+
+
+def _resume(args) -> int:
+    from pathlib import Path
+
+    from sandbox.engine.api import resume
+    from sandbox.engine.preflight import load_config
+
+    if args.overrides:
+        raise SandboxError("--resume continues a run with its own config.toml; --set is "
+                           "not allowed")
+    result = resume(args.config)
+    if not args.quiet:
+        print_summary(load_config(Path(result.run_dir) / "config.toml"), result)
+    print(result.run_dir)
     return 0
 
 
@@ -138,6 +169,13 @@ def _search(args) -> int:
         print(f"best trial {best['number']}: validation accuracy "
               f"{best['validation_accuracy']:.4f} (what chose it), test accuracy "
               f"{best['test_accuracy']:.4f} (held out)")
+    return 0
+
+
+def _twin(args) -> int:
+    from sandbox.engine.twin import run_twin
+
+    print(f"twin results: {run_twin(args.config, list(args.overrides))}")
     return 0
 
 

@@ -45,14 +45,18 @@ class Accounted(Protocol):
     the latest global model and aggregated client metrics, kept even when the budget
     stops the run; ``client_dp_log`` one dict per round of client-level DP (clients
     sampled, valid replies, clipping norm used, noise stds, noised unclipped fraction,
-    next norm, effective noise multiplier; empty without client-level DP).
+    next norm, effective noise multiplier; empty without client-level DP); ``failures``
+    the sampled clients that failed or timed out, with the reason
+    (``{round: {"train": {pid: "Type: message"}, ...}}``).
     ``start`` is Flower's ``Strategy.start``; it raises
-    :class:`~sandbox.core.errors.BudgetExhausted` before a round over budget.
+    :class:`~sandbox.core.errors.BudgetExhausted` before a round over budget and
+    :class:`~sandbox.core.errors.ClientsFailed` when too few clients replied.
     """
 
     ledger: PrivacyLedger
     client_reported: dict[int, float]
     participation: dict[int, dict[str, list[int]]]
+    failures: dict[int, dict[str, dict[int, str]]]
     result: Result
 
     @property

@@ -20,11 +20,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from sandbox.core import wire
-from sandbox.core.errors import BudgetExhausted
+from sandbox.core.errors import BudgetExhausted, ClientsFailed
 from sandbox.core.privacy import FEDERATION, Mechanism, PrivacyLedger, client_dp_rate
 from sandbox.core.privacy.plan import client_dp_plan
 from sandbox.core.sampling import clients_for_round, poisson_clients_for_round
 from strategies.client_dp import ClientLevelDP
+from strategies.rounds import run_rounds
 from strategies.sampling import SampledGrid, discover_partitions, in_partition_order
 
 if TYPE_CHECKING:
@@ -80,6 +81,8 @@ class AccountedStrategy(Strategy):
         self.client_reported: dict[int, float] = {}
         #: round -> {"train": [partition ids], "evaluate": [...]}, as sampled
         self.participation: dict[int, dict[str, list[int]]] = {}
+        #: round -> {"train"|"evaluate": {partition id: "ExceptionType: message"}}
+        self.failures: dict[int, dict[str, dict[int, str]]] = {}
         self._partitions: dict[int, int] = {}  # node id -> partition id
 
     @property
@@ -141,7 +144,41 @@ class AccountedStrategy(Strategy):
         nodes = sorted((pid, node) for node, pid in self._partitions.items() if pid in wanted)
         return chosen, SampledGrid(grid, [node for _, node in nodes])
 
+    # -- failed clients ------------------------------------------------------------------
+    def _record_failures(self, server_round: int, purpose: str,
+                         replies: list[Message]) -> dict[int, str]:
+        """Error replies and sampled clients that never replied (timed out), by pid."""
+        failed = {self._partitions[r.metadata.src_node_id]: r.error.reason or "error"
+                  for r in replies if r.has_error()}
+        replied = {self._partitions[r.metadata.src_node_id] for r in replies}
+        timeout = self.cfg.runtime.client_timeout_s
+        for pid in self.participation.get(server_round, {}).get(purpose, []):
+            if pid not in replied:
+                failed[pid] = (f"TimeoutError: no reply within runtime.client_timeout_s = "
+                               f"{timeout:g} s")
+        failed = dict(sorted(failed.items()))
+        if failed:
+            self.failures.setdefault(server_round, {})[purpose] = failed
+        return failed
+
+    def _check_replies(self, server_round: int, valid: int, failed: dict[int, str]) -> None:
+        """Stop the run when failures leave fewer than ``min_train_replies`` replies."""
+        sampled = len(self.participation[server_round]["train"])
+        needed = min(self.cfg.federation.min_train_replies, sampled)
+        if failed and valid < needed:
+            raise ClientsFailed(server_round, valid, sampled, needed, failed)
+
     # -- Strategy interface --------------------------------------------------------------
+    def start(self, *, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+              timeout: float = 3600, train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None, evaluate_fn=None,
+              first_round: int = 1) -> Result:
+        """Flower's ``Strategy.start``, optionally continuing at ``first_round`` (resume)."""
+        return run_rounds(self, grid=grid, initial_arrays=initial_arrays,
+                          num_rounds=num_rounds, first_round=first_round, timeout=timeout,
+                          train_config=train_config, evaluate_config=evaluate_config,
+                          evaluate_fn=evaluate_fn)
+
     def summary(self) -> None:
         self.strategy.summary()
 
@@ -154,6 +191,7 @@ class AccountedStrategy(Strategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = in_partition_order(replies, self._partitions)
+        failed = self._record_failures(server_round, "train", replies)
         trained = []
         for reply in replies:
             if reply.has_error():
@@ -166,6 +204,7 @@ class AccountedStrategy(Strategy):
             trained.append(pid)
             if wire.DP_EPSILON in metrics:
                 self.client_reported[pid] = float(metrics[wire.DP_EPSILON])
+        self._check_replies(server_round, len(trained), failed)
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         if arrays is not None:
             self.result.arrays = arrays
@@ -189,6 +228,7 @@ class AccountedStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
         replies = in_partition_order(replies, self._partitions)
+        self._record_failures(server_round, "evaluate", replies)
         metrics = self.strategy.aggregate_evaluate(server_round, replies)
         if metrics is not None:
             self.result.evaluate_metrics_clientapp[server_round] = metrics

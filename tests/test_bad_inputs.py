@@ -139,6 +139,12 @@ CASES = {
     "sweep without table": (["sweep", QUICK], ["[sweep] table"]),
     "sweep bad combination": (["sweep", "{inp}/sweep_bad.toml"], ["noise_multiplier"]),
     "ls on a missing directory": (["ls", "{inp}/nowhere"], ["nowhere", "not a directory"]),
+    "resume a directory that is not a run": (["run", "--resume", "{inp}"],
+                                            ["not a run directory"]),
+    "resume a run without checkpoint": (["run", "--resume", "{inp}/stopped_run"],
+                                        ["no checkpoint.pkl"]),
+    "resume with overrides": (["run", "--resume", "{inp}/stopped_run", "--set", "rounds=3"],
+                              ["--set is not allowed"]),
 }
 
 
@@ -165,6 +171,8 @@ def _write_inputs(inp):
     for name, text in csvs.items():
         (inp / f"{name}.csv").write_text(text)
     (inp / "afile.txt").write_text("not a directory")
+    (inp / "stopped_run").mkdir()
+    (inp / "stopped_run" / "config.toml").write_text(open(QUICK).read())
     (inp / "broken.toml").write_text("rounds = = 3\n")
     study = open(STUDY).read().replace('experiment = "quickstart.toml"',
                                        f'experiment = "{QUICK}"')
@@ -189,7 +197,7 @@ def test_bad_input_is_one_clear_message_exit_2_and_no_debris(case, tmp_path, mon
     monkeypatch.chdir(cwd)
     before = sorted(p.name for p in inp.iterdir())
     argv = [a.format(inp=inp) for a in argv]
-    sets_output = any(a.startswith("output.dir=") for a in argv)
+    sets_output = any(a.startswith("output.dir=") for a in argv) or "--resume" in argv
     extra = ([] if sets_output else ["--set", f"output.dir={out}"] if argv[0] in ("run", "sweep")
              else ["--set", f"study.output_dir={out}"] if argv[0] == "search" else [])
     try:

@@ -61,7 +61,7 @@ def test_crc32c_known_vector():
 def test_failed_run_is_marked_not_published(small, monkeypatch):
     import sandbox.engine.runtime
 
-    def explode(cfg, observer):
+    def explode(cfg, observer, resume=None):
         observer.round_finished(0, {"central_val_loss": 1.0, "central_val_accuracy": 0.2,
                                     "central_test_loss": 1.0, "central_test_accuracy": 0.1})
         raise RuntimeError("client crashed")

@@ -127,6 +127,7 @@ class FederationConfig(_Section):
     strategy: str = "fedavg"
     fraction_train: float = Field(1.0, gt=0, le=1)
     fraction_evaluate: float = Field(1.0, ge=0, le=1)
+    min_train_replies: int = Field(1, ge=1)
     strategy_args: dict[str, float | int | bool | str] = Field(default_factory=dict)
 
     def clients_per_round(self, num_clients: int) -> int:
@@ -214,8 +215,34 @@ class RayConfig(_Section):
     num_cpus_per_client: float = Field(1.0, gt=0)
 
 
+class RuntimeConfig(_Section):
+    """Limits every backend applies to client work."""
+
+    client_timeout_s: float = Field(3600.0, gt=0)
+
+
+class FaultsConfig(_Section):
+    """Injected client failures (seeded), to test and measure robustness."""
+
+    client_failure_rate: float = Field(0.0, ge=0, lt=1)
+    fail_partitions: list[int] = Field(default_factory=list)
+    slow_partitions: list[int] = Field(default_factory=list)
+    slow_seconds: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_slow(self) -> FaultsConfig:
+        if self.slow_partitions and not self.slow_seconds:
+            raise ValueError("faults.slow_partitions needs faults.slow_seconds > 0")
+        return self
+
+    @property
+    def any(self) -> bool:
+        return bool(self.client_failure_rate or self.fail_partitions or self.slow_partitions)
+
+
 class OutputConfig(_Section):
     dir: str = "results"
+    checkpoint: bool = True
     tensorboard: bool = True
     plot: bool = True
     save_weights: bool = True
@@ -236,6 +263,8 @@ class Config(_Section):
     federation: FederationConfig = Field(default_factory=FederationConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @field_validator("name")
@@ -253,6 +282,11 @@ class Config(_Section):
             )
         if self.privacy.client.mode != "off":
             _check_client_dp(self)
+        for key in ("fail_partitions", "slow_partitions"):
+            bad = [p for p in getattr(self.faults, key) if not 0 <= p < self.data.num_clients]
+            if bad:
+                raise ValueError(f"faults.{key}: {bad} are not clients; allowed: "
+                                 f"0..{self.data.num_clients - 1} (data.num_clients)")
         if self.privacy.sample.enabled and self.model.dropout:
             raise ValueError(
                 "privacy.sample.enabled needs model.dropout = 0 "

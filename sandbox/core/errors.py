@@ -55,6 +55,22 @@ class RunDiverged(SandboxError):
         self.server_round = server_round
 
 
+class ClientsFailed(Exception):
+    """Too few clients replied in a round (``federation.min_train_replies``).
+
+    ``failures`` maps partition id to the reason each sampled client failed.
+    """
+
+    def __init__(self, server_round: int, valid: int, sampled: int, needed: int,
+                 failures: dict[int, str]) -> None:
+        first = ", ".join(f"client {pid}: {why}" for pid, why in list(failures.items())[:3])
+        super().__init__(
+            f"round {server_round}: {valid} of {sampled} sampled clients replied, fewer than "
+            f"federation.min_train_replies = {needed} ({len(failures)} failed; {first})")
+        self.server_round = server_round
+        self.failures = failures
+
+
 class BudgetExhausted(Exception):
     """The next round would take some scope's ε past ``privacy.budget_epsilon``."""
 

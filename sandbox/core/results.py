@@ -8,7 +8,8 @@ A finished run's directory (written by :mod:`sandbox.engine.rundir`)::
     metrics.json / .csv    one row per round (round 0 = initial model), METRIC_COLUMNS:
                            central_val_* (server-held validation set), fed_val_*
                            (clients' validation splits), central_test_* (global test
-                           set, reported only), train_loss, ε so far;
+                           set, reported only), train_loss, ε so far, client
+                           failures (counts and reasons by partition id);
                            deterministic: same config + seed -> the same bytes
     timings.json           wall seconds per row (row 0: start-up and the initial model's
                            evaluation); the only non-deterministic numbers
@@ -50,9 +51,12 @@ PRIVACY_COLUMNS = ["eps_client_max", "eps_client_median", "eps_federation"]
 VALIDATION_COLUMNS = ["central_val_accuracy", "central_val_loss",  # server-held val set
                       "fed_val_accuracy", "fed_val_loss"]  # clients' local val splits
 TEST_COLUMNS = ["central_test_accuracy", "central_test_loss"]  # global test set
+#: Sampled clients that failed (raised, or gave no reply within the timeout) per round;
+#: ``failures`` holds ``{"train"|"evaluate": {partition id: "Type: message"}}`` or None.
+FAILURE_COLUMNS = ["train_failures", "evaluate_failures", "failures"]
 METRIC_COLUMNS = [
     "round", *VALIDATION_COLUMNS[:2], *TEST_COLUMNS, "train_loss", *VALIDATION_COLUMNS[2:],
-    *PRIVACY_COLUMNS,
+    *PRIVACY_COLUMNS, *FAILURE_COLUMNS,
 ]
 #: The metric that picks a run's best round (and a sweep's or search's best run).
 SELECTION_METRIC = "central_val_accuracy"

@@ -1,19 +1,21 @@
-"""The public Python API the CLI is a thin layer over: :func:`run`."""
+"""The public Python API the CLI is a thin layer over: :func:`run` and :func:`resume`."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sandbox.core.errors import RunDiverged, RunFailed, RunPruned
+from sandbox.core.errors import RunDiverged, RunFailed, RunPruned, SandboxError
 from sandbox.core.results import RunResult, StopReason
-from sandbox.engine.preflight import preflight
+from sandbox.engine.preflight import Prepared, preflight
 from sandbox.engine.recorder import RunRecorder
 from sandbox.engine.rundir import RunDirectory, write_run
 
 if TYPE_CHECKING:
     from sandbox.core.config import Config
     from sandbox.core.privacy import PrivacyLedger
+    from sandbox.engine.checkpoint import Checkpoint
 
 
 def run(config: Config, *, callbacks=(), prior_ledger: PrivacyLedger | None = None
@@ -53,15 +55,57 @@ def run(config: Config, *, callbacks=(), prior_ledger: PrivacyLedger | None = No
     """
     started = time.perf_counter()
     prepared = preflight(config)
+    run_dir = RunDirectory(config)
+    return _execute(config, run_dir, prepared, started, callbacks=callbacks,
+                    prior_ledger=prior_ledger)
+
+
+def resume(run_dir: str | Path, *, callbacks=()) -> RunResult:
+    """Continue a run that was killed or interrupted, from its last round checkpoint.
+
+    ``run_dir`` is the run's directory (``<run>.partial`` after kill -9,
+    ``<run>.interrupted`` or ``<run>.failed``). Its ``config.toml`` is re-validated and
+    must match the checkpoint; the run continues in that directory, which gets its
+    final name when the run finishes. The finished run's ``metrics.json`` equals that of
+    an uninterrupted run (same config and seed) byte for byte.
+
+    Raises
+    ------
+    SandboxError
+        No such directory, no checkpoint, a config that differs from the checkpoint's,
+        or a backend other than ``inline``.
+    """
+    from sandbox.engine.checkpoint import load_checkpoint
+    from sandbox.engine.preflight import load_config
+
+    started = time.perf_counter()
+    path = Path(run_dir)
+    if not (path / "config.toml").is_file():
+        raise SandboxError(f"--resume: {path} is not a run directory (no config.toml)")
+    config = load_config(path / "config.toml")
+    if config.backend != "inline":
+        raise SandboxError(f"--resume: the run used backend '{config.backend}'; resuming "
+                           "needs backend 'inline' (node states live in the process)")
+    checkpoint = load_checkpoint(path, config.config_hash())
+    prepared = preflight(config)
+    directory = RunDirectory.reopen(path)
+    return _execute(config, directory, prepared, started, callbacks=callbacks,
+                    resume=checkpoint)
+
+
+def _execute(config: Config, run_dir: RunDirectory, prepared: Prepared, started: float, *,
+             callbacks=(), prior_ledger: PrivacyLedger | None = None,
+             resume: Checkpoint | None = None) -> RunResult:
+    """Run the federation into ``run_dir``; publish it, or keep it as failed/interrupted."""
     from sandbox.engine.runtime import run_federation
 
-    run_dir = RunDirectory(config)
     tensorboard = run_dir.path / "tensorboard" if config.output.tensorboard else None
     recorder = RunRecorder(config, tensorboard_dir=tensorboard, callbacks=callbacks,
-                           prior_ledger=prior_ledger)
+                           prior_ledger=prior_ledger, resume=resume,
+                           checkpoint_dir=run_dir.path if config.output.checkpoint else None)
     try:
         try:
-            run_federation(config, recorder)
+            run_federation(config, recorder, resume)
         finally:
             recorder.stop_progress()
         if recorder.stop_exception is not None:

@@ -3,7 +3,8 @@
 A directory's state comes from its name suffix (see :mod:`sandbox.engine.rundir`) and,
 where present, its ``run.json``: ``finished``, ``budget`` (stopped by the privacy
 budget), ``failed``, ``diverged``, ``pruned``, ``interrupted``, or ``incomplete`` for a
-``.partial`` directory (still running, or killed outright).
+``.partial`` directory (still running, or killed outright; its rounds are those of its
+last checkpoint, from which ``fedsandbox run --resume DIR`` continues it).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.core.errors import SandboxError
+from sandbox.engine.checkpoint import checkpoint_round
 
 _SUFFIX_STATE = {".failed": "failed", ".pruned": "pruned", ".interrupted": "interrupted",
                  ".partial": "incomplete"}
@@ -55,7 +57,7 @@ def _entry(path: Path) -> Entry:
         return Entry(path.name, "study", summary.get("stop_reason") or state, None,
                      best.get("validation_accuracy"), best.get("test_accuracy"))
     kind = "run" if (path / "config.toml").is_file() else "other"
-    return Entry(path.name, kind, state)
+    return Entry(path.name, kind, state, checkpoint_round(path))  # killed: resumable?
 
 
 def _read_json(path: Path) -> dict | None:

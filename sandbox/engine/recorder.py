@@ -11,9 +11,10 @@ when it starts and finishes. A non-finite centralized loss stops the run here
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from sandbox.core.errors import RunDiverged
 from sandbox.core.privacy import PrivacyLedger
 from sandbox.core.results import METRIC_COLUMNS, PRIVACY_COLUMNS, BudgetStop
 from sandbox.engine import interrupt
+from sandbox.engine.checkpoint import Checkpoint, save_checkpoint
 from sandbox.engine.tensorboard import ScalarWriter
 
 if TYPE_CHECKING:
@@ -60,7 +62,9 @@ class RunRecorder:
     """Collects what a run reports, round by round."""
 
     def __init__(self, cfg: Config, *, tensorboard_dir: Path | None = None, callbacks=(),
-                 prior_ledger: PrivacyLedger | None = None) -> None:
+                 prior_ledger: PrivacyLedger | None = None,
+                 checkpoint_dir: Path | None = None, resume: Checkpoint | None = None
+                 ) -> None:
         self.cfg = cfg
         self.prior_ledger = prior_ledger
         self.callbacks = list(callbacks)
@@ -70,6 +74,11 @@ class RunRecorder:
         self.finished = False
         self.stopped: BudgetExhausted | None = None
         self.stop_exception: BaseException | None = None
+        self.checkpoint_dir = checkpoint_dir
+        self._node_states = None  # callable: the nodes' Context.state (inline grid)
+        if resume is not None:
+            self.rows = dict(resume.rows)
+            self.round_seconds = dict(resume.round_seconds)
         self._last = time.perf_counter()
         self._tb = ScalarWriter(tensorboard_dir) if tensorboard_dir is not None else None
         self._progress = _progress_bar(cfg) if cfg.output.progress else None
@@ -80,7 +89,9 @@ class RunRecorder:
             "round": server_round,
             **{k: metrics[k] for k in CENTRAL_TAGS.values()},
             **{k: metrics[k] for k in PRIVACY_COLUMNS if k in metrics},
+            **self._client_columns(server_round),
         }
+        self._announce_failures(server_round)
         self.round_seconds[server_round] = now - self._last
         self._last = now
         if self._tb:
@@ -95,6 +106,7 @@ class RunRecorder:
         try:
             if not all(math.isfinite(metrics[k]) for k in CENTRAL_TAGS.values()):
                 raise RunDiverged(server_round)
+            self._checkpoint(server_round)
             interrupt.check(server_round)  # SIGINT/SIGTERM: stop at this round boundary
             for callback in self.callbacks:
                 callback(server_round, dict(self.rows[server_round]))
@@ -103,8 +115,50 @@ class RunRecorder:
             self.stop_exception = exc
             raise
 
-    def strategy_started(self, accounted: Accounted) -> None:
+    def _client_columns(self, server_round: int) -> dict[str, Any]:
+        """This round's aggregated client metrics and failures (they precede the central
+        evaluation in Flower's round), so round callbacks see the whole row."""
+        if self.accounted is None or server_round == 0:
+            return {}
+        result = self.accounted.result
+        sources = {"train_loss": result.train_metrics_clientapp,
+                   "fed_val_loss": result.evaluate_metrics_clientapp,
+                   "fed_val_accuracy": result.evaluate_metrics_clientapp}
+        row: dict[str, Any] = {}
+        for column, per_round in sources.items():
+            record = per_round.get(server_round)
+            if record is not None and CLIENT_COLUMNS[column] in record:
+                row[column] = float(record[CLIENT_COLUMNS[column]])
+        failed = self.accounted.failures.get(server_round, {})
+        row["train_failures"] = len(failed.get("train", {}))
+        row["evaluate_failures"] = len(failed.get("evaluate", {}))
+        row["failures"] = {purpose: {str(pid): why for pid, why in by_pid.items()}
+                           for purpose, by_pid in failed.items()} or None
+        return row
+
+    def _announce_failures(self, server_round: int) -> None:
+        failed = self.rows[server_round].get("failures")
+        if not failed:
+            return
+        parts = [f"{purpose} {pid}: {why}" for purpose, by_pid in failed.items()
+                 for pid, why in by_pid.items()]
+        line = f"round {server_round}: {len(parts)} client failure(s): " + "; ".join(parts)
+        if self._progress:
+            self._progress.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def _checkpoint(self, server_round: int) -> None:
+        """Keep what resuming after this round needs (inline backend; not round 0)."""
+        if self.checkpoint_dir is None or self._node_states is None or server_round == 0:
+            return
+        save_checkpoint(self.checkpoint_dir, Checkpoint(
+            self.cfg.config_hash(), server_round, self.accounted, dict(self.rows),
+            dict(self.round_seconds), self._node_states()))
+
+    def strategy_started(self, accounted: Accounted, node_states=None) -> None:
         self.accounted = accounted
+        self._node_states = node_states
 
     def strategy_finished(self, accounted: Accounted, stopped: BudgetExhausted | None) -> None:
         self.accounted = accounted
@@ -115,8 +169,8 @@ class RunRecorder:
         if self._progress:
             self._progress.stop()
 
-    def rows_so_far(self) -> list[dict[str, float]]:
-        return [self.rows[r] for r in sorted(self.rows)]
+    def rows_so_far(self) -> list[dict[str, Any]]:
+        return self._merged_rows()
 
     def ledger_so_far(self) -> PrivacyLedger | None:
         return None if self.accounted is None else self.accounted.ledger
@@ -144,21 +198,9 @@ class RunRecorder:
             client_dp_log=list(self.accounted.client_dp_log),
         )
 
-    def _merged_rows(self) -> list[dict[str, float | None]]:
-        """Rows per round, centralized metrics merged with the clients' aggregated ones."""
-        result = self.accounted.result
-        sources = {"train_loss": result.train_metrics_clientapp,
-                   "fed_val_loss": result.evaluate_metrics_clientapp,
-                   "fed_val_accuracy": result.evaluate_metrics_clientapp}
-        rows = []
-        for server_round in sorted(self.rows):
-            row = {key: None for key in METRIC_COLUMNS} | self.rows[server_round]
-            for column, per_round in sources.items():
-                record = per_round.get(server_round)
-                if record is not None and CLIENT_COLUMNS[column] in record:
-                    row[column] = float(record[CLIENT_COLUMNS[column]])
-            rows.append(row)
-        return rows
+    def _merged_rows(self) -> list[dict[str, Any]]:
+        """Rows per round with every column (None where a round has no value)."""
+        return [{key: None for key in METRIC_COLUMNS} | self.rows[r] for r in sorted(self.rows)]
 
 
 def _epsilon_text(metrics: dict[str, float]) -> str:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sandbox.core.errors import SandboxError
 from sandbox.core.privacy.assumptions import accounting_assumptions
 from sandbox.core.results import (
     METRIC_COLUMNS,
@@ -37,6 +38,7 @@ from sandbox.core.results import (
     run_epsilon,
 )
 from sandbox.engine import plots
+from sandbox.engine.checkpoint import CHECKPOINT, CHECKPOINT_INFO
 from sandbox.engine.recorder import RunRecord
 
 if TYPE_CHECKING:
@@ -82,6 +84,23 @@ class RunDirectory:
         # What the run is, from the start: a killed run's directory still says.
         (self.path / "config.toml").write_text(cfg.to_toml())
 
+    @classmethod
+    def reopen(cls, path: Path) -> RunDirectory:
+        """A stopped run's directory, back to ``<run>.partial`` to continue in it."""
+        name = path.name
+        for suffix in STATE_SUFFIXES[1:]:
+            name = name.removesuffix(suffix)
+        directory = cls.__new__(cls)
+        directory.final_path = path.with_name(name)
+        directory.path = path.with_name(f"{name}.partial")
+        if directory.final_path.exists():
+            raise SandboxError(f"--resume: {directory.final_path} already exists")
+        if path != directory.path:
+            path.rename(directory.path)
+        for stale in ("error.txt", "stopped.txt", "run.json", "ledger.json"):
+            (directory.path / stale).unlink(missing_ok=True)
+        return directory
+
     def write_json(self, name: str, payload: Any) -> None:
         """Strict JSON: non-finite numbers (a diverged round's loss) are written as null."""
         text = json.dumps(finite_or_null(payload), indent=2, allow_nan=False)
@@ -91,7 +110,9 @@ class RunDirectory:
         with (self.path / "metrics.csv").open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(rows)
+            for row in rows:  # the failures of a round as one JSON cell
+                writer.writerow(row | {"failures": json.dumps(row["failures"])
+                                       if row.get("failures") else ""})
 
     def commit(self) -> Path:
         self.path.rename(self.final_path)
@@ -184,6 +205,8 @@ def write_run(
         if record.ledger.mechanisms:
             plots.plot_privacy(record.ledger, cfg.privacy.accountant,
                                run_dir.path / "privacy.png", f"{cfg.name}: ε per round")
+    for name in (CHECKPOINT, CHECKPOINT_INFO):  # only a stopped run needs them
+        (run_dir.path / name).unlink(missing_ok=True)
     path = run_dir.commit()
     return RunResult(path, cfg.config_hash(), rows, wall_s, final, summary, epsilon,
                      stop_reason, record.budget_stop, record.round_seconds)

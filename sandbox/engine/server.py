@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from sandbox.core.config import Config
     from sandbox.core.privacy import PrivacyLedger
+    from sandbox.engine.checkpoint import Checkpoint
     from strategies import Accounted
 
 
@@ -40,19 +41,23 @@ class RoundObserver(Protocol):
 
     def round_finished(self, server_round: int, metrics: dict[str, float]) -> None: ...
 
-    def strategy_started(self, accounted: Accounted) -> None: ...
+    def strategy_started(self, accounted: Accounted, node_states=None) -> None: ...
 
     def strategy_finished(self, accounted: Accounted,
                           stopped: BudgetExhausted | None) -> None: ...
 
 
-def make_server_app(cfg: Config, observer: RoundObserver) -> ServerApp:
-    """Build the ``ServerApp`` for experiment ``cfg``; ``observer`` sees every round."""
+def make_server_app(cfg: Config, observer: RoundObserver,
+                    resume: Checkpoint | None = None) -> ServerApp:
+    """Build the ``ServerApp`` for experiment ``cfg``; ``observer`` sees every round.
+
+    With ``resume`` the run continues after the checkpoint's round, with its strategy.
+    """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_strategy(cfg, grid, observer)
+        run_strategy(cfg, grid, observer, resume)
 
     return app
 
@@ -74,11 +79,18 @@ def build_accounted_strategy(cfg: Config, initial_arrays: ArrayRecord, *, source
                                 source=source, prior=prior)
 
 
-def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver) -> Result:
+def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver,
+                 resume: Checkpoint | None = None) -> Result:
     data = load_experiment_data(cfg)
     spec = wire.model_spec_for(cfg)
-    initial = wire.to_record(spec.init_weights(cfg.seed))
-    accounted = build_accounted_strategy(cfg, initial, prior=observer.prior_ledger)
+    if resume is None:
+        initial = wire.to_record(spec.init_weights(cfg.seed))
+        accounted = build_accounted_strategy(cfg, initial, prior=observer.prior_ledger)
+        first_round = 1
+    else:  # the checkpoint's strategy holds the model and state after its round
+        accounted = resume.strategy
+        initial = accounted.result.arrays
+        first_round = resume.server_round + 1
     evaluator = get_evaluator(cfg.framework, spec, cfg.train)
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -91,15 +103,18 @@ def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver) -> Result:
         observer.round_finished(server_round, {**central, **privacy})
         return MetricRecord(central)
 
-    observer.strategy_started(accounted)
+    # The inline grid exposes its nodes' Context.state (checkpoints keep it).
+    observer.strategy_started(accounted, getattr(grid, "node_states", None))
     stopped = None
     try:
         accounted.start(
             grid=grid,
             initial_arrays=initial,
             num_rounds=cfg.rounds,
+            first_round=first_round,
             train_config=ConfigRecord({wire.FRAMEWORK: cfg.framework}),
             evaluate_fn=evaluate_global,
+            timeout=cfg.runtime.client_timeout_s,
         )
     except BudgetExhausted as exc:
         stopped = exc

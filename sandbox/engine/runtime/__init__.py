@@ -13,6 +13,7 @@ from sandbox.core.config import Backend
 
 if TYPE_CHECKING:
     from sandbox.core.config import Config
+    from sandbox.engine.checkpoint import Checkpoint
     from sandbox.engine.server import RoundObserver
 
 # Flower reports usage over the network by default; runs here are offline.
@@ -21,20 +22,27 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 BACKENDS = get_args(Backend)
 
 
-def run_federation(cfg: Config, observer: RoundObserver) -> None:
-    """Run experiment ``cfg`` on ``cfg.backend``; results arrive through ``observer``."""
+def run_federation(cfg: Config, observer: RoundObserver,
+                   resume: Checkpoint | None = None) -> None:
+    """Run experiment ``cfg`` on ``cfg.backend``; results arrive through ``observer``.
+
+    ``resume`` continues a checkpointed run (inline backend: node states restored).
+    """
     import logging
 
     from clients import make_client_app
     from sandbox.engine.server import make_server_app
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    server_app = make_server_app(cfg, observer)
+    server_app = make_server_app(cfg, observer, resume)
     client_app = make_client_app(cfg)
     if cfg.backend == "inline":
         from sandbox.engine.runtime.inline import run_inline
 
-        run_inline(server_app, client_app, cfg.data.num_clients)
+        run_inline(server_app, client_app, cfg.data.num_clients,
+                   states=None if resume is None else resume.node_states)
+    elif resume is not None:
+        raise ValueError(f"resuming needs backend 'inline', not '{cfg.backend}'")
     elif cfg.backend == "ray":
         from sandbox.engine.runtime.ray_backend import run_ray
 

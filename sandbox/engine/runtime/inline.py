@@ -10,6 +10,7 @@ a ``Grid``.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterable
 
 from flwr.app import Context, Message, RecordDict
@@ -23,20 +24,24 @@ from sandbox.core import wire
 
 # Node ids are deterministic (Flower's runtimes draw random 64-bit ids).
 FIRST_NODE_ID = 1_000
+#: How long a timed-out client may still run before the run stops (at least the timeout).
+GRACE_S = 10.0
 
 
 class InlineGrid(Grid):
     """Deliver each ``Message`` to an in-process ``ClientApp``, one node ``Context`` each."""
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, *, run_id: int) -> None:
+    def __init__(self, client_app: ClientApp, num_nodes: int, *, run_id: int,
+                 states: dict[int, RecordDict] | None = None) -> None:
         self._client_app = client_app
         self._run = Run.create_empty(run_id)
+        states = states or {}
         self._contexts = {
             FIRST_NODE_ID + pid: Context(
                 run_id=run_id,
                 node_id=FIRST_NODE_ID + pid,
                 node_config={wire.NODE_PARTITION_ID: pid, wire.NODE_NUM_PARTITIONS: num_nodes},
-                state=RecordDict(),
+                state=states.get(FIRST_NODE_ID + pid, RecordDict()),
                 run_config={},
             )
             for pid in range(num_nodes)
@@ -67,6 +72,10 @@ class InlineGrid(Grid):
     def node_context(self, node_id: int) -> Context:
         return self._contexts[node_id]
 
+    def node_states(self) -> dict[int, RecordDict]:
+        """Every node's ``Context.state`` by node id (what a checkpoint keeps)."""
+        return {node: context.state for node, context in self._contexts.items()}
+
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for msg in messages:
@@ -78,27 +87,65 @@ class InlineGrid(Grid):
             ids.append(message_id)
         return ids
 
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+    def pull_messages(self, message_ids: Iterable[str], *,
+                      timeout: float | None = None) -> Iterable[Message]:
+        """Run each pending message's ClientApp call, one after another.
+
+        A call that takes longer than ``timeout`` seconds gives no reply (the strategy
+        records the client as timed out). Python cannot stop a running function, so the
+        grid then waits up to ``max(timeout, GRACE_S)`` more for it to return before the
+        next client starts (clients share this process's trainers); a client still
+        running after that stops the run instead of hanging it.
+        """
         replies = []
         for message_id in message_ids:
             msg = self._pending.pop(message_id)
-            context = self._contexts[msg.metadata.dst_node_id]
-            reply = self._client_app(msg, context)
-            reply.metadata.__dict__["_message_id"] = f"{message_id}-reply"
-            replies.append(reply)
+            reply = self._call(msg, timeout)
+            if reply is not None:
+                reply.metadata.__dict__["_message_id"] = f"{message_id}-reply"
+                replies.append(reply)
         return replies
+
+    def _call(self, msg: Message, timeout: float | None) -> Message | None:
+        context = self._contexts[msg.metadata.dst_node_id]
+        outcome: dict[str, object] = {}
+
+        def work() -> None:
+            try:
+                outcome["reply"] = self._client_app(msg, context)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=work, name="inline-client", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            grace = max(timeout, GRACE_S)
+            worker.join(grace)
+            if worker.is_alive():
+                raise RuntimeError(
+                    f"the client of node {msg.metadata.dst_node_id} is still running "
+                    f"{timeout + grace:g} s after it started (runtime.client_timeout_s = "
+                    f"{timeout:g}); the inline backend cannot stop a running client: use "
+                    "backend = 'ray' for clients that may hang")
+            return None  # finished late: its reply is not used
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["reply"]
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
+        return self.pull_messages(self.push_messages(messages), timeout=timeout)
 
 
 def run_inline(
-    server_app: ServerApp, client_app: ClientApp, num_nodes: int, *, run_id: int = 1
+    server_app: ServerApp, client_app: ClientApp, num_nodes: int, *, run_id: int = 1,
+    states: dict[int, RecordDict] | None = None,
 ) -> InlineGrid:
-    """Run ``server_app`` against ``num_nodes`` in-process nodes; return the grid."""
-    grid = InlineGrid(client_app, num_nodes, run_id=run_id)
+    """Run ``server_app`` against ``num_nodes`` in-process nodes (with restored node
+    ``states``, when resuming); return the grid."""
+    grid = InlineGrid(client_app, num_nodes, run_id=run_id, states=states)
     # Message() reads the sender's identity from the process-wide task identity, which
     # Flower's own runtimes set before starting a ServerApp.
     TaskIdentity.task_id = 1
