@@ -56,9 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     search = _command(commands, "search",
                       "architecture/hyperparameter search over federated runs (study TOML)",
                       "study TOML with [study], [experiment], [space]",
-                      "override a [study] key", "study.KEY=VALUE")
+                      "override a study-file key: study.KEY (study.n_trials=40), "
+                      "experiment.KEY (experiment.rounds=6) or space.PARAM.FIELD "
+                      "(space.lr.high=0.3)", "TABLE.KEY=VALUE")
     search.add_argument("--resume", action="store_true",
                         help="continue the study in its storage (interrupted trials re-run)")
+    search.add_argument("--dry-run", action="store_true",
+                        help="print the resolved study, space and base experiment; run nothing")
     _command(commands, "twin", "run a config in the sandbox and in TensorFlow Federated "
              "(its own environment: `nox -s tff`) and compare them (docs/twins.md)",
              "experiment TOML (e.g. configs/twin_fedavg.toml)", "override a config key")
@@ -154,14 +158,12 @@ def _sweep(args) -> int:
 
 def _search(args) -> int:
     from sandbox.core.tomlio import parse_overrides
-    from search import run_search
+    from search import dry_run, run_search
 
-    overrides = {}
-    for key, value in parse_overrides(args.overrides):
-        if not key.startswith("study."):
-            raise SandboxError(f"--set {key}: search overrides are [study] keys "
-                               "(study.n_trials=..., study.sampler=...)")
-        overrides[key.removeprefix("study.")] = value
+    overrides = dict(parse_overrides(args.overrides))  # study.* / experiment.* / space.*
+    if args.dry_run:
+        print(dry_run(args.config, overrides), end="")
+        return 0
     report = run_search(args.config, overrides, resume=args.resume)
     print(f"study report: {report}")
     best = json.loads((report / "summary.json").read_text())["best"]

@@ -1,6 +1,7 @@
 """Federated architecture and hyperparameter search: Optuna or KerasTuner over whole runs.
 
-    fedsandbox search configs/search_digits.toml [--resume] [--set study.n_trials=40]
+    fedsandbox search configs/search_digits.toml [--resume] [--dry-run]
+        [--set study.n_trials=40] [--set experiment.rounds=6] [--set space.lr.high=0.3]
 
 >>> from search import run_search               # doctest: +SKIP
 >>> study_dir = run_search("configs/search_digits.toml")
@@ -16,15 +17,27 @@ from pathlib import Path
 from typing import Any
 
 
+def dry_run(path: str | Path, overrides: dict[str, Any] | None = None) -> str:
+    """The resolved study, space and base experiment as TOML; nothing is run or written."""
+    from search.config import Study
+
+    return Study(path, overrides).describe()
+
+
 def run_search(path: str | Path, overrides: dict[str, Any] | None = None, *,
                resume: bool = False) -> Path:
-    """Run (or ``resume``) the study in ``path``; return its report directory."""
+    """Run (or ``resume``) the study in ``path``; return its report directory.
+
+    ``overrides`` name their table (``study.seed``, ``experiment.rounds``,
+    ``space.lr.high``); a key without a prefix is a ``[study]`` key.
+    """
     from search.config import Study
     from search.report import write_report
 
     study = Study(path, overrides)
     if study.settings.backend == "kerastuner":
-        from search.optuna_backend import open_study, prepare_storage
+        from search.optuna_backend import open_study
+        from search.storage import prepare_storage
 
         storage = prepare_storage(study, resume=resume)
         optuna_study = open_study(study, create=not resume, storage=storage)
@@ -39,4 +52,4 @@ def run_search(path: str | Path, overrides: dict[str, Any] | None = None, *,
     return write_report(study, optuna_study, stop_reason=stop_reason)
 
 
-__all__ = ["run_search"]
+__all__ = ["dry_run", "run_search"]

@@ -1,6 +1,9 @@
 """Study files: ``[study]`` settings, ``[experiment]`` overrides and the ``[space]``.
 
-Every key is documented in ``configs/README.md`` (section "Search studies").
+Every key is documented in ``configs/README.md`` (section "Search studies"). Overrides
+(``fedsandbox search --set``) name their table: ``study.n_trials=40``,
+``experiment.rounds=6``, ``space.lr.high=0.3``; a key without a table prefix is a
+``[study]`` key (what Python callers such as the benchmarks pass).
 """
 
 from __future__ import annotations
@@ -19,12 +22,18 @@ from pydantic import (
 
 from sandbox.core.config import Config, check_safe_name, describe_error
 from sandbox.core.errors import ConfigError
-from sandbox.core.tomlio import read_toml, set_dotted
+from sandbox.core.tomlio import dict_to_toml, read_toml, set_dotted
 from sandbox.engine.preflight import load_config, validate_config
 from search.space import SearchSpace
 
 Objective = Literal["accuracy", "epsilon", "client_compute"]
 DIRECTIONS = {"accuracy": "maximize", "epsilon": "minimize", "client_compute": "minimize"}
+TABLES = ("study", "experiment", "space")
+#: [study] keys one backend has no use for: setting them with the other is an error.
+BACKEND_ONLY = {
+    "optuna": ("sampler", "pruner", "workers", "epsilon_max"),
+    "kerastuner": ("oracle", "max_rounds"),
+}
 
 
 class StudyConfig(BaseModel):
@@ -48,6 +57,8 @@ class StudyConfig(BaseModel):
     oracle: Literal["random", "bayesian", "hyperband"] = "hyperband"
     max_rounds: int = Field(0, ge=0)
     hyperband_factor: int = Field(3, ge=2)
+    eval_fraction: float = Field(0.0, ge=0, le=1)
+    eval_noise_multiplier: float = Field(0.0, ge=0)
 
     @field_validator("name")
     @classmethod
@@ -70,11 +81,61 @@ class StudyConfig(BaseModel):
                              "use backend='optuna' for multi-objective studies")
         if self.epsilon_max and "epsilon" not in self.objectives:
             raise ValueError("study.epsilon_max constrains ε: add 'epsilon' to study.objectives")
+        if self.eval_noise_multiplier and not self.eval_fraction:
+            raise ValueError("study.eval_noise_multiplier noises the federated validation "
+                             "counts: set study.eval_fraction > 0 (the server-held set "
+                             "needs no noise)")
+        if self.privacy_budget and self.workers > 1:
+            raise ValueError("study.privacy_budget needs workers = 1: concurrent trials "
+                             "cannot see each other's spending")
+        self._check_backend_keys()
         return self
+
+    def _check_backend_keys(self) -> None:
+        other = "kerastuner" if self.backend == "optuna" else "optuna"
+        for key in BACKEND_ONLY[other]:
+            if key in self.model_fields_set:
+                raise ValueError(
+                    f"study.{key} is a key of backend '{other}' only; backend '{self.backend}' "
+                    "does not use it "
+                    f"(remove it or set study.backend = '{other}')")
+        if (self.backend == "kerastuner" and self.oracle == "hyperband"
+                and self.trial_distribution == "poisson"):
+            raise ValueError("study.trial_distribution = 'poisson' needs a trial count: "
+                             "KerasTuner's hyperband oracle has none; use oracle 'random' "
+                             "or 'bayesian'")
 
     @property
     def directions(self) -> list[str]:
         return [DIRECTIONS[o] for o in self.objectives]
+
+    @property
+    def objective_source(self) -> str:
+        """Where the objective 'accuracy' comes from, in words (labels and reports)."""
+        if not self.eval_fraction:
+            return "server-held validation set (central_val_accuracy)"
+        noise = (f", DP-noised counts (σ = {self.eval_noise_multiplier:g}·√2)"
+                 if self.eval_noise_multiplier else "")
+        return (f"federated validation on {self.eval_fraction:.0%} of clients' local "
+                f"validation splits{noise}")
+
+
+def split_overrides(overrides: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """``{"study.seed": 1, "experiment.rounds": 6, "n_trials": 4}`` by table.
+
+    A key without a table prefix is a ``[study]`` key.
+    """
+    tables: dict[str, dict[str, Any]] = {name: {} for name in TABLES}
+    for key, value in (overrides or {}).items():
+        table, dot, rest = key.partition(".")
+        if dot and table in TABLES:
+            tables[table][rest] = value
+        elif dot:
+            raise ConfigError(f"--set {key}: search overrides name their table: "
+                              "study.KEY, experiment.KEY or space.PARAM.FIELD")
+        else:
+            tables["study"][key] = value
+    return tables
 
 
 class Study:
@@ -82,28 +143,24 @@ class Study:
 
     def __init__(self, path: str | Path, overrides: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
+        self.overrides = dict(overrides or {})
         raw = read_toml(self.path, "study")
-        unknown = sorted(set(raw) - {"study", "experiment", "space"})
+        unknown = sorted(set(raw) - set(TABLES))
         if unknown:
             raise ConfigError(f"{self.path}: unknown table(s) {unknown}; allowed: study, "
                               "experiment, space")
-        settings = dict(raw.get("study", {}))
-        settings.update(overrides or {})
-        try:
-            self.settings = StudyConfig.model_validate(settings)
-        except ValidationError as exc:
-            lines = [describe_error(e, StudyConfig).replace("  ", "  study.", 1)
-                     for e in exc.errors()]
-            raise ConfigError(f"{self.path}: invalid [study]\n" + "\n".join(lines),
-                              problems=[line.strip() for line in lines]) from None
+        tables = split_overrides(self.overrides)
+        self.settings = _parse_settings(dict(raw.get("study", {})) | tables["study"],
+                                        self.path)
         base = load_config(self._resolve(self.settings.experiment)
                            if self.settings.experiment else None)
         self.base_raw = base.model_dump(mode="json", exclude_none=True)
-        for key, value in _flatten(raw.get("experiment", {})):
+        for key, value in [*_flatten(raw.get("experiment", {})), *tables["experiment"].items()]:
             set_dotted(self.base_raw, key, value)
         self.base_raw.setdefault("output", {})["progress"] = False
-        self.space = SearchSpace.from_dict(raw.get("space", {}), source=str(self.path))
-        self.base = validate_config(self.base_raw, source=f"{self.path} [experiment]")
+        self.space = SearchSpace.from_dict(_space_table(raw.get("space", {}), tables["space"]),
+                                           source=str(self.path))
+        self.base = _validate_experiment(self.base_raw, f"{self.path} [experiment]")
         if "epsilon" in self.settings.objectives and not self.base.privacy.any_dp:
             keys = [p.key for p in self.space.params]
             if not any(k.startswith("privacy.") for k in keys):
@@ -119,6 +176,13 @@ class Study:
     def directory(self) -> Path:
         return Path(self.settings.output_dir) / self.settings.name
 
+    @property
+    def command(self) -> str:
+        """The command line that runs this study (file and overrides)."""
+        sets = " ".join(f"--set {k if '.' in k else 'study.' + k}={_toml_value(v)}"
+                        for k, v in self.overrides.items())
+        return f"fedsandbox search {self.path} {sets}".strip()
+
     def trial_config(self, values: dict[str, Any], *, rounds: int | None = None,
                      name: str = "trial") -> Config:
         raw = self.space.apply(self.base_raw, values)
@@ -127,7 +191,74 @@ class Study:
             {"dir": str(self.directory / "trials"), "progress": False, "tensorboard": False})
         if rounds is not None:
             raw["rounds"] = int(rounds)
+        if self.settings.eval_fraction:  # the seeded client subsample the objective reads
+            raw.setdefault("federation", {})["fraction_evaluate"] = self.settings.eval_fraction
         return validate_config(raw, source=f"{self.path} trial {values}")
+
+    def describe(self) -> str:
+        """The resolved study, space and base experiment as TOML (``--dry-run``)."""
+        settings = self.settings.model_dump(mode="json")
+        space = {p.name: {"key": p.key, **{k: v for k, v in p.describe().items()
+                                          if v not in (None, False)},
+                          **({"when": {k: list(v) for k, v in p.when.items()}}
+                             if p.when else {})}
+                 for p in self.space.params}
+        return "\n".join([
+            f"# {self.command}",
+            f"# objective 'accuracy': {self.settings.objective_source}",
+            f"# trials and reports go to {self.directory}/ (nothing was run)", "",
+            dict_to_toml({"study": settings}).strip(), "",
+            dict_to_toml({"space": space}).strip(), "",
+            "# [experiment]: the resolved base config of every trial",
+            dict_to_toml({"experiment": self.base.to_dict()}).strip(), ""])
+
+
+def _parse_settings(settings: dict[str, Any], path: Path) -> StudyConfig:
+    try:
+        return StudyConfig.model_validate(settings)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            line = describe_error(error, StudyConfig)
+            if not line.startswith("  study."):
+                line = line.replace("  ", "  study.", 1)
+            lines.append(line.replace("in top level;", "in [study];"))
+        raise ConfigError(f"{path}: invalid [study]\n" + "\n".join(lines),
+                          problems=[line.strip() for line in lines]) from None
+
+
+def _validate_experiment(raw: dict[str, Any], source: str) -> Config:
+    """Validate the base experiment; unknown keys are named as ``[experiment]`` keys."""
+    try:
+        return validate_config(raw, source=source)
+    except ConfigError as exc:
+        problems = [p.replace("in top level;", "in [experiment];")
+                    .replace("in section [", "in [experiment.") for p in exc.problems]
+        problems = [p if p.startswith("experiment.") else f"experiment.{p}" for p in problems]
+        raise ConfigError(f"{source}: invalid configuration\n  " + "\n  ".join(problems),
+                          problems=problems) from None
+
+
+def _space_table(table: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The ``[space]`` table with ``--set space.PARAM.FIELD=value`` applied."""
+    import copy
+
+    out = copy.deepcopy(table)
+    for key, value in overrides.items():
+        name, dot, field = key.partition(".")
+        if dot and name not in out:
+            raise ConfigError(f"--set space.{key}: no parameter '{name}' in [space]; "
+                              f"parameters: {', '.join(out) or '(none)'}")
+        if dot:
+            set_dotted(out[name], field, value)
+        else:
+            out[name] = value
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    text = dict_to_toml({"v": value}).strip().removeprefix("v = ")
+    return text.replace(" ", "") if isinstance(value, list) else text
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

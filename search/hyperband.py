@@ -58,6 +58,11 @@ class SlotHyperbandPruner(BasePruner):
     exclude_attr : str or None
         Study user attribute listing trial numbers to leave out of every rung (trials
         interrupted and re-run under the same slot would otherwise count twice).
+    before_attr : str or None
+        Trial user attribute holding a slot: only trials whose slots lie below it are the
+        trial's rung peers (parallel workers set it to the first slot of the trial's
+        batch, so peers running at the same time never decide each other's fate). Trials
+        without it compare with every other trial.
 
     Notes
     -----
@@ -86,7 +91,7 @@ class SlotHyperbandPruner(BasePruner):
 
     def __init__(self, min_resource: int = 1, max_resource: int = 81,
                  reduction_factor: int = 3, *, slot_attr: str = "slot",
-                 exclude_attr: str | None = None) -> None:
+                 exclude_attr: str | None = None, before_attr: str | None = None) -> None:
         if not 1 <= min_resource <= max_resource:
             raise ValueError(f"need 1 <= min_resource <= max_resource, got {min_resource} "
                              f"and {max_resource}")
@@ -97,6 +102,7 @@ class SlotHyperbandPruner(BasePruner):
         self.reduction_factor = int(reduction_factor)
         self.slot_attr = slot_attr
         self.exclude_attr = exclude_attr
+        self.before_attr = before_attr
         # Integer powers, not math.log: log(1000, 10) < 3 would lose a bracket.
         self.n_brackets = 1
         while min_resource * reduction_factor ** self.n_brackets <= max_resource:
@@ -135,9 +141,11 @@ class SlotHyperbandPruner(BasePruner):
         if math.isnan(value):
             return True
         excluded = set(study.user_attrs.get(self.exclude_attr, [])) if self.exclude_attr else set()
+        before = trial.user_attrs.get(self.before_attr) if self.before_attr else None
         peers = [t for t in study.get_trials(deepcopy=False, states=_REPORTING)
                  if t.number != trial.number and t.number not in excluded
-                 and self.bracket(t) == bracket]
+                 and self.bracket(t) == bracket
+                 and (before is None or int(t.user_attrs.get(self.slot_attr, -1)) < before)]
         for rung in crossed:
             values = [v for t in peers if (v := value_at(t, rung)) is not None
                       and not math.isnan(v)]

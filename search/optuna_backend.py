@@ -1,112 +1,59 @@
 """Optuna backend: one federated experiment per trial, reported (and pruned) by round.
 
-The loop is Optuna's ask-and-tell interface rather than ``study.optimize`` so that
+The loop is Optuna's ask-and-tell interface rather than ``study.optimize``. Trials fill
+*slots* ``0, 1, ...`` (``n_trials`` of them); with ``W = study.workers`` processes, slot
+``s`` belongs to worker ``s mod W`` and to batch ``s // W``. Then
 
-* every trial is asked from a fresh sampler seeded from (study seed, slot), the slot being
-  the number of finished trials: samplers keep their history in the storage, so a study
-  killed and resumed proposes the same parameters as an uninterrupted one (TPE, Random,
-  NSGA-II, GP; not CMA-ES, which also seeds each trial from its trial *number*);
-* Hyperband brackets follow the slot too (:mod:`search.hyperband`);
-* trials left RUNNING by a killed process are marked FAIL on ``--resume``, listed in the
-  study user attribute ``interrupted_trials`` and their parameters are enqueued again, so
-  no trial is lost;
+* a slot's parameters are proposed by a fresh sampler seeded from (study seed, slot) on
+  an in-memory copy of the trials of *earlier batches* only (``Study.add_trials``), and
+  the trial is asked with those parameters fixed (``PartialFixedSampler``). A worker
+  waits until the earlier batches have finished, and a trial is told only when every
+  slot of its batch has been asked, so what a slot proposes depends on (seed, slot, W)
+  alone: a study is reproducible with any number of workers, and a study killed and
+  resumed proposes the same parameters as an uninterrupted one (TPE, Random, GP,
+  NSGA-II; CMA-ES also seeds each trial from its trial *number*);
+* a proposal equal to an earlier trial's (or to a lower slot's of the same batch) is
+  redrawn with the next seed of the slot's stream, up to ``MAX_REDRAWS`` times (a space
+  that is exhausted, or nearly so, then repeats a point): workers never evaluate the
+  same parameters twice;
+* Hyperband brackets follow the slot, and a trial's rung peers are the trials of earlier
+  batches (:mod:`search.hyperband`), so pruning is reproducible too;
+* trials left RUNNING by a killed process are marked FAIL on ``--resume`` and listed in
+  the study user attribute ``interrupted_trials``; their slots run again;
 * a failing experiment is told as FAIL with its reason (``fail_reason`` user attr) and the
   study goes on;
-* the study stops at ``n_trials`` finished trials, at the client-round budget, or when
-  the study's privacy budget is spent.
+* the study stops at ``n_trials`` slots, at the client-round budget, or when the study's
+  privacy budget is spent (:mod:`search.trials`); the check before each batch reads only
+  earlier batches, so every worker takes the same decision.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import shutil
+import os
+import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox.core.errors import ConfigError, RunPruned
 from sandbox.core.results import StopReason
 from sandbox.engine import interrupt
-from search.objective import TrialOutcome, run_trial, trial_ledger
+from search.storage import make_storage, prepare_storage, storage_url
+from search.trials import is_budget_stop, mixed_seed, run_budgeted_trial
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import optuna
 
     from search.config import Study
-    from search.space import SearchSpace
 
 INTERRUPTED = StopReason.INTERRUPTED.value
 # Study user attribute: numbers of the trials a killed process left RUNNING.
 INTERRUPTED_TRIALS = "interrupted_trials"
-
-
-def storage_url(study: Study) -> str:
-    setting = study.settings.storage
-    if not setting:
-        return f"sqlite:///{(study.directory / 'study.db').resolve()}"
-    if setting == "journal":
-        return f"journal:{(study.directory / 'study.journal').resolve()}"
-    return setting
-
-
-def _local_file(url: str) -> Path | None:
-    """The file behind a journal or SQLite URL; ``None`` for a database server."""
-    if url.startswith("journal:"):
-        return Path(url.removeprefix("journal:"))
-    if url.startswith("sqlite:///"):
-        return Path(url.removeprefix("sqlite:///"))
-    return None
-
-
-def prepare_storage(study: Study, *, resume: bool):
-    """Check ``study.storage`` and open it; on any problem a ConfigError, nothing left.
-
-    A ``--resume`` whose storage file does not exist is refused before anything is
-    created (opening it would create an empty database). A URL that SQLAlchemy cannot
-    parse or connect to is a user error naming ``study.storage``; the study directory
-    is removed again if this call created it.
-    """
-    url = storage_url(study)
-    local = _local_file(url)
-    if resume and local is not None and not local.is_file():
-        raise ConfigError(f"--resume: there is no study storage at {local} (study.name = "
-                          f"'{study.settings.name}'); run without --resume to start it")
-    if local is None:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            make_url(url)
-        except ArgumentError:
-            raise ConfigError(
-                f"study.storage = {url!r} is not a database URL; allowed: \"\" (SQLite in "
-                "the study directory), \"journal\", or an SQLAlchemy URL such as "
-                "sqlite:///path/study.db or postgresql://user@127.0.0.1/db") from None
-    created = study.directory.resolve()  # the outermost directory this call creates
-    while not created.parent.exists():
-        created = created.parent
-    existed = created.exists()
-    study.directory.mkdir(parents=True, exist_ok=True)
-    try:
-        return make_storage(study)
-    except Exception as exc:  # noqa: BLE001 - any driver/connection error is the URL's
-        if not existed:
-            shutil.rmtree(created, ignore_errors=True)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ConfigError(f"study.storage = {url!r}: cannot open it "
-                          f"({type(exc).__name__}: {first})") from None
-
-
-def make_storage(study: Study):
-    import optuna
-
-    url = storage_url(study)
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+MAX_REDRAWS = 50  # redraws of a duplicate proposal before a repeat is accepted
+POLL_S = 0.1  # how often a waiting worker reads the storage
 
 
 def make_sampler(study: Study, *, seed: int | None = None):
@@ -143,7 +90,8 @@ def make_pruner(study: Study):
         # Brackets by slot, interrupted trials left out: resume prunes like a straight run.
         return SlotHyperbandPruner(min_resource=1, max_resource=rounds,
                                    reduction_factor=study.settings.hyperband_factor,
-                                   slot_attr="slot", exclude_attr=INTERRUPTED_TRIALS)
+                                   slot_attr="slot", exclude_attr=INTERRUPTED_TRIALS,
+                                   before_attr="batch_start")
     return optuna.pruners.NopPruner()
 
 
@@ -164,6 +112,7 @@ def open_study(study: Study, *, create: bool, storage=None) -> optuna.Study:
                 "continue it with --resume or choose another study.name") from None
         created.set_user_attr("settings", study.settings.model_dump(mode="json"))
         created.set_user_attr("space", study.space.describe())
+        created.set_user_attr("command", study.command)
         if study.settings.trial_distribution == "poisson":
             import numpy as np
 
@@ -186,15 +135,12 @@ def interrupted_trials(optuna_study: optuna.Study) -> set[int]:
     return {int(n) for n in optuna_study.user_attrs.get(INTERRUPTED_TRIALS, [])}
 
 
-def recover_interrupted(optuna_study: optuna.Study, space: SearchSpace | None = None
-                        ) -> list[int]:
-    """Mark trials a killed process left RUNNING as FAIL and enqueue their parameters.
+def recover_interrupted(optuna_study: optuna.Study) -> list[int]:
+    """Mark trials a killed process left RUNNING as FAIL; return their numbers.
 
-    Only a complete parameter set is enqueued (every parameter active for those values;
-    ``space`` says which). A process killed halfway through ``suggest_*`` leaves a
-    partial set: enqueued, the retry would draw the missing values from a different
-    point of the slot's random stream than an uninterrupted study; not enqueued, the
-    slot's seeded sampler proposes the same complete set again.
+    Nothing is enqueued: a slot's proposal depends only on (seed, slot) and the trials
+    of earlier batches, so the slot's retry proposes the same parameters again, whether
+    the killed process had suggested all of them or only some.
     """
     from optuna.trial import TrialState
 
@@ -207,8 +153,6 @@ def recover_interrupted(optuna_study: optuna.Study, space: SearchSpace | None = 
                                sorted(interrupted_trials(optuna_study) | set(recovered)))
     for trial in running:
         optuna_study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        if trial.params and (space is None or space.is_complete(trial.params)):
-            optuna_study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
     return recovered
 
 
@@ -222,15 +166,15 @@ def finished_trials(optuna_study: optuna.Study) -> list:
             if t.number not in interrupted]
 
 
-def _slot_seed(seed: int, slot: int) -> int:
-    """A well-mixed seed for the sampler at a given slot (consecutive seeds correlate)."""
-    import numpy as np
-
-    return int(np.random.SeedSequence([seed, slot]).generate_state(1)[0])
+def counted_slots(optuna_study: optuna.Study) -> dict[int, Any]:
+    """Slot -> trial, for the trials that hold their slot (interrupted ones do not)."""
+    interrupted = interrupted_trials(optuna_study)
+    return {int(t.user_attrs["slot"]): t for t in optuna_study.get_trials(deepcopy=False)
+            if "slot" in t.user_attrs and t.number not in interrupted}
 
 
 class OptunaSearch:
-    """Run (a share of) a study in this process.
+    """Run worker ``worker``'s slots of a study in this process.
 
     Parameters
     ----------
@@ -239,113 +183,146 @@ class OptunaSearch:
     optuna_study : optuna.Study
         The study, opened on ``storage``.
     storage : optuna.storages.BaseStorage
-        The storage object ``optuna_study`` was opened on; every trial's own study
-        object (with its fresh sampler) is loaded from it.
-    quota : int or None
-        Most trials this process starts.
+        The storage ``optuna_study`` was opened on.
+    worker : int
+        This process's index in ``0 .. study.workers - 1``.
+    peers_alive : callable or None
+        Says whether the other workers still run (a waiting worker gives up otherwise).
     progress : bool
         Print one line per trial.
     """
 
-    def __init__(self, study: Study, optuna_study: optuna.Study, storage, *,
-                 quota: int | None = None, progress: bool = True) -> None:
+    def __init__(self, study: Study, optuna_study: optuna.Study, storage, *, worker: int = 0,
+                 peers_alive: Callable[[], bool] | None = None, progress: bool = True) -> None:
         self.study = study
         self.optuna_study = optuna_study
         self.storage = storage
-        self.quota = quota
+        self.worker = worker
+        self.workers = study.settings.workers
+        self.peers_alive = peers_alive or (lambda: True)
         self.progress = progress
-        self._started = 0
         self.stop_reason = ""
 
-    def _spent_ledger(self):
-        from sandbox.core.privacy import PrivacyLedger
+    def batch_start(self, slot: int) -> int:
+        return slot - slot % self.workers
 
-        ledgers = [led for t in finished_trials(self.optuna_study)
-                   if (led := trial_ledger(t.user_attrs.get("run_dir", ""))) is not None]
-        return PrivacyLedger.compose(ledgers) if ledgers else None
+    def run(self) -> None:
+        """This worker's slots in order; one federated experiment at a time.
 
-    def _should_stop(self) -> bool:
-        settings = self.study.settings
-        done = finished_trials(self.optuna_study)
-        if len(done) >= target_trials(self.study, self.optuna_study):
-            self.stop_reason = "n_trials reached"
+        Threads would share the per-process trainer cache and Flower's process-wide task
+        identity, so parallelism comes from worker *processes*.
+        """
+        target = target_trials(self.study, self.optuna_study)
+        done = {s for s, t in counted_slots(self.optuna_study).items() if t.state.is_finished()}
+        for slot in range(self.worker, target, self.workers):
+            if slot in done:
+                continue
+            interrupt.check()  # a signal between trials: stop before asking for another
+            earlier = self._wait(lambda s=slot: self._finished_before(self.batch_start(s)))
+            if self._should_stop(earlier):
+                return
+            self._run_one(slot, earlier)
+        self.stop_reason = self.stop_reason or "n_trials reached"
+
+    def _finished_before(self, end: int) -> list | None:
+        """The trials of slots ``< end`` once they have all finished, else ``None``."""
+        slots = counted_slots(self.optuna_study)
+        trials = [slots.get(s) for s in range(end)]
+        if all(t is not None and t.state.is_finished() for t in trials):
+            return trials
+        return None
+
+    def _wait(self, ready: Callable[[], Any]) -> Any:
+        while (value := ready()) is None:
+            if not self.peers_alive():
+                raise RuntimeError(f"worker {self.worker}: a peer worker died; the study "
+                                   "can be continued with --resume")
+            interrupt.check()
+            time.sleep(POLL_S)
+        return value
+
+    def _should_stop(self, earlier: list) -> bool:
+        """Stop before this batch? Reads only earlier batches: every worker agrees."""
+        budget = self.study.settings.client_round_budget
+        if budget and sum(t.user_attrs.get("client_rounds", 0) for t in earlier) >= budget:
+            self.stop_reason = f"client-round budget {budget} spent"
             return True
-        if self.quota is not None and self._started >= self.quota:
-            self.stop_reason = "worker quota reached"
-            return True
-        if settings.client_round_budget:
-            used = sum(t.user_attrs.get("client_rounds", 0) for t in done)
-            if used >= settings.client_round_budget:
-                self.stop_reason = f"client-round budget {settings.client_round_budget} spent"
-                return True
-        if any(t.user_attrs.get("budget_stop") for t in done):
-            self.stop_reason = f"study privacy budget ε={settings.privacy_budget:g} spent"
+        if any(is_budget_stop(t.user_attrs) for t in earlier):
+            self.stop_reason = (f"study privacy budget ε={self.study.settings.privacy_budget:g}"
+                                " spent")
             return True
         return False
 
-    def run(self) -> None:
-        """Trials one after another; parallelism comes from worker *processes*.
-
-        Threads would share the per-process trainer cache and Flower's process-wide task
-        identity, so one process runs one federated experiment at a time.
-        """
-        while not self._should_stop():
-            interrupt.check()  # a signal between trials: stop before asking for another
-            self._started += 1
-            slot = len(finished_trials(self.optuna_study))
-            slot_study = self.slot_study(slot)
-            trial = slot_study.ask()
-            trial.set_user_attr("slot", slot)
-            self._run_one(slot_study, trial)
-
-    def slot_study(self, slot: int) -> optuna.Study:
-        """The study with a fresh sampler seeded for ``slot``, to ask and tell one trial.
-
-        Samplers keep their history in the storage, so a fresh one per trial proposes
-        from the same data as a long-lived one, and its randomness depends only on
-        (study seed, slot): a resumed study proposes like an uninterrupted one.
-        """
+    def propose(self, slot: int, earlier: list) -> dict[str, Any]:
+        """Parameters of ``slot``: a fresh sampler on the earlier batches, no repeats."""
         import optuna
 
-        seed = _slot_seed(self.study.settings.seed, slot)
-        return optuna.load_study(study_name=self.optuna_study.study_name, storage=self.storage,
-                                 sampler=make_sampler(self.study, seed=seed),
-                                 pruner=self.optuna_study.pruner)
+        batch = self.batch_start(slot)
+        peers = [t.params for t in self._wait(lambda: self._asked(batch, slot))]
+        seen = [t.params for t in earlier] + peers
+        values: dict[str, Any] = {}
+        for draw in range(MAX_REDRAWS):
+            copy = optuna.create_study(
+                storage=optuna.storages.InMemoryStorage(),
+                directions=self.study.settings.directions,
+                sampler=make_sampler(self.study, seed=mixed_seed(self.study.settings.seed,
+                                                                 slot, draw)))
+            copy.add_trials(earlier)
+            values = self.study.space.suggest_optuna(copy.ask())
+            if values not in seen:
+                break
+        return values
 
-    def _run_one(self, slot_study: optuna.Study, trial: optuna.Trial) -> None:
+    def _asked(self, start: int, end: int) -> list | None:
+        """Trials of slots ``start .. end - 1`` once all of them hold their parameters."""
+        slots = counted_slots(self.optuna_study)
+        trials = [slots.get(s) for s in range(start, end)]
+        if all(t is not None and self.study.space.is_complete(t.params) for t in trials):
+            return trials
+        return None
+
+    def ask(self, slot: int, earlier: list) -> tuple[optuna.Study, optuna.Trial, dict]:
+        """Ask ``slot``'s trial with its proposed parameters fixed; (study, trial, values)."""
+        import optuna
+
+        values = self.propose(slot, earlier)
+        seed = mixed_seed(self.study.settings.seed, slot)
+        with warnings.catch_warnings():  # PartialFixedSampler is public, marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.PartialFixedSampler(
+                values, make_sampler(self.study, seed=seed))
+        fixed = optuna.load_study(study_name=self.optuna_study.study_name,
+                                  storage=self.storage, sampler=sampler,
+                                  pruner=self.optuna_study.pruner)
+        trial = fixed.ask()
+        for key, value in {"slot": slot, "batch_start": self.batch_start(slot),
+                           "worker": self.worker}.items():
+            trial.set_user_attr(key, value)
+        self.study.space.suggest_optuna(trial)  # stores the fixed parameters
+        return fixed, trial, values
+
+    def _run_one(self, slot: int, earlier: list) -> None:
         from optuna.trial import TrialState
 
-        study, settings = self.study, self.study.settings
-        values = study.space.suggest_optuna(trial)
-        prior = self._spent_ledger() if settings.privacy_budget else None
-        try:
-            cfg = study.trial_config(values, name=f"trial{trial.number:04d}")
-            if settings.privacy_budget:
-                cfg = cfg.model_copy(update={"privacy": cfg.privacy.model_copy(
-                    update={"budget_epsilon": settings.privacy_budget})})
-        except ConfigError as exc:
-            outcome = TrialOutcome.invalid(exc)
-        else:
-            outcome = run_trial(cfg, report=self._reporter(trial), prior_ledger=prior)
-        for key in ("accuracy", "test_accuracy", "client_compute", "client_rounds",
-                    "rounds_completed", "run_dir", "reason", "accuracy_per_round"):
-            trial.set_user_attr(key, getattr(outcome, key))
-        if math.isfinite(outcome.epsilon):
-            trial.set_user_attr("epsilon", outcome.epsilon)
+        fixed, trial, values = self.ask(slot, earlier)
+        outcome, attrs = run_budgeted_trial(
+            self.study, values, name=f"trial{trial.number:04d}", slot=slot,
+            spent=[t.user_attrs for t in earlier], report=self._reporter(trial))
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        settings = self.study.settings
         if settings.epsilon_max:  # feasible iff ε <= epsilon_max (TPE, GP, NSGA-II use it)
             trial.set_constraint("epsilon", min(outcome.epsilon, 1e12) - settings.epsilon_max)
-        trial.set_user_attr("stop_reason", outcome.stop_reason.value)
-        if outcome.stop_reason is StopReason.BUDGET:
-            trial.set_user_attr("budget_stop", True)
+        end = min(self.batch_start(slot) + self.workers, target_trials(self.study, fixed))
+        self._wait(lambda: self._asked(self.batch_start(slot), end))  # then tell
         if outcome.status == "failed":
-            trial.set_user_attr("fail_reason", outcome.reason)
-            slot_study.tell(trial, state=TrialState.FAIL)
+            fixed.tell(trial, state=TrialState.FAIL)
         elif outcome.status == "pruned":
-            slot_study.tell(trial, state=TrialState.PRUNED)
+            fixed.tell(trial, state=TrialState.PRUNED)
         else:
             objective_values = [outcome.value(o) for o in settings.objectives]
-            slot_study.tell(trial, objective_values if len(objective_values) > 1
-                            else objective_values[0])
+            fixed.tell(trial, objective_values if len(objective_values) > 1
+                       else objective_values[0])
         if self.progress:
             print(f"trial {trial.number:3d} {outcome.status:8s} val acc "
                   f"{outcome.accuracy:.4f} (test {outcome.test_accuracy:.4f}) "
@@ -370,15 +347,16 @@ def _short(values: dict[str, Any]) -> str:
                      for k, v in values.items())
 
 
-def run_worker(study_path: str, overrides: dict[str, Any], quota: int | None) -> None:
+def run_worker(study_path: str, overrides: dict[str, Any], worker: int) -> None:
     """Entry point of an extra worker process (``study.workers > 1``)."""
     from search.config import Study
 
+    parent = os.getppid()
     study = Study(study_path, overrides)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     storage = make_storage(study)
     OptunaSearch(study, open_study(study, create=False, storage=storage), storage,
-                 quota=quota).run()
+                 worker=worker, peers_alive=lambda: os.getppid() == parent).run()
 
 
 def run_optuna(study: Study, *, resume: bool, study_path: Path,
@@ -389,25 +367,21 @@ def run_optuna(study: Study, *, resume: bool, study_path: Path,
     storage = prepare_storage(study, resume=resume)
     optuna_study = open_study(study, create=not resume, storage=storage)
     if resume:
-        recovered = recover_interrupted(optuna_study, study.space)
+        recovered = recover_interrupted(optuna_study)
         if recovered:
-            print(f"resume: trials {recovered} were interrupted; re-enqueued their parameters")
-    workers = study.settings.workers
-    remaining = max(target_trials(study, optuna_study) - len(finished_trials(optuna_study)), 0)
-    if workers == 1:
-        search = OptunaSearch(study, optuna_study, storage)
-        search.run()
-        return optuna_study, search.stop_reason
-    shares = [remaining // workers + (i < remaining % workers) for i in range(workers)]
+            print(f"resume: trials {recovered} were interrupted; their slots run again")
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=run_worker, args=(str(study_path), overrides, share))
-                 for share in shares[1:]]
+    processes = [context.Process(target=run_worker, args=(str(study_path), overrides, w))
+                 for w in range(1, study.settings.workers)]
     for process in processes:
         process.start()
-    search = OptunaSearch(study, optuna_study, storage, quota=shares[0])
-    search.run()
-    for process in processes:
-        process.join()
+    search = OptunaSearch(study, optuna_study, storage,
+                          peers_alive=lambda: not any(p.exitcode for p in processes))
+    try:
+        search.run()
+    finally:
+        for process in processes:
+            process.join()
     failed = [p.exitcode for p in processes if p.exitcode]
     if failed:
         raise RuntimeError(f"{len(failed)} worker process(es) failed (exit codes {failed})")

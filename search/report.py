@@ -8,10 +8,14 @@
                                (best = highest validation accuracy; its test accuracy is
                                reported beside it, never used to choose)
     best_model/                its weights.npz, config.toml and metrics
-    history.png                objective per trial and best so far
-    importances.json/.png      parameter importances (fANOVA) when there is enough data
+    report.md                  the best trial's validation and test metrics, ε, the search's
+                               privacy cost and the commands that reproduce both
+    history.png                objective per trial (at its last round) and best so far
+    importances.json/.png      parameter importances (fANOVA), from >= 10 complete trials
+                               only (report.md says why when there are none)
     pareto.png                 multi-objective studies: all trials, Pareto front, ε limit
-    privacy.json               privacy cost of the whole search
+    privacy.json               privacy cost of the whole search (trials' runs and noised
+                               evaluations composed; bounds reported only where applied)
     summary.json               settings, counts, best trial, stop reason
     trials/                    every trial's run directory
 """
@@ -25,18 +29,14 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search.objective import trial_ledger
-from search.optuna_backend import INTERRUPTED, interrupted_trials
+from search.objective import trial_ledgers
+from search.optuna_backend import INTERRUPTED, finished_trials, interrupted_trials
+from search.plots import importances, plot_history, plot_importances, plot_pareto
 
 if TYPE_CHECKING:
     import optuna
 
     from search.config import Study
-
-
-LABELS = {"accuracy": "final validation accuracy (server-held set)",
-          "epsilon": "ε (max over privacy scopes)",
-          "client_compute": "client compute (M per-example gradients)"}
 
 
 def best_trial(study: Study, optuna_study: optuna.Study):
@@ -68,13 +68,15 @@ def write_report(study: Study, optuna_study: optuna.Study, *, stop_reason: str =
         for name in ("weights.npz", "config.toml", "metrics.csv", "run.json"):
             if (run_dir / name).is_file():
                 shutil.copyfile(run_dir / name, model_dir / name)
-    _plot_history(study, trials, out / "history.png")
-    importances = _importances(optuna_study)
-    if importances:
-        (out / "importances.json").write_text(json.dumps(importances, indent=2) + "\n")
-        _plot_importances(importances, out / "importances.png")
+    plot_history(study, trials, out / "history.png")
+    values, how = importances(optuna_study)
+    for stale in ("importances.json", "importances.png"):
+        (out / stale).unlink(missing_ok=True)
+    if values:
+        (out / "importances.json").write_text(json.dumps(values, indent=2) + "\n")
+        plot_importances(values, how, out / "importances.png")
     if len(study.settings.objectives) > 1:
-        _plot_pareto(study, optuna_study, out / "pareto.png")
+        plot_pareto(study, optuna_study, out / "pareto.png")
     privacy = privacy_cost(study, optuna_study)
     (out / "privacy.json").write_text(json.dumps(privacy, indent=2, default=str) + "\n")
     states: dict[str, int] = {}
@@ -84,26 +86,35 @@ def write_report(study: Study, optuna_study: optuna.Study, *, stop_reason: str =
         "study": study.settings.name, "backend": study.settings.backend,
         "settings": study.settings.model_dump(mode="json"), "states": states,
         "stop_reason": stop_reason,
-        "selection": "objective 'accuracy' = final central_val_accuracy (server-held "
-                     "validation set); test_accuracy = global test set, reported only",
+        "selection": f"objective 'accuracy' = final validation accuracy, "
+                     f"{study.settings.objective_source}; test_accuracy = global test "
+                     "set, reported only",
+        "command": study.command,
         "best": None if best is None else {
             "number": best.number, "values": best.values, "params": best.params,
             "validation_accuracy": best.user_attrs.get("accuracy"),
+            "central_val_accuracy": best.user_attrs.get("central_val_accuracy"),
             "test_accuracy": best.user_attrs.get("test_accuracy"),
+            "epsilon": best.user_attrs.get("epsilon"),
             "run_dir": best.user_attrs.get("run_dir")},
+        "importances": how,
         "client_rounds_total": sum(t.user_attrs.get("client_rounds", 0) for t in trials),
         "privacy": {k: privacy[k] for k in ("epsilon_composed", "epsilon_naive_sum")
                     if k in privacy},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    from search.markdown import report_markdown
+
+    (out / "report.md").write_text(report_markdown(study, summary, privacy, best))
     return out
 
 
 def _write_trials_csv(study: Study, trials, path: Path, interrupted: set[int]) -> None:
     """One row per trial; interrupted trials (FAIL) give ``interrupted`` as fail_reason."""
     params = [p.name for p in study.space.params]
-    attrs = ["test_accuracy", "rounds_completed", "client_rounds", "client_compute", "epsilon",
-             "fail_reason", "reason", "run_dir"]
+    attrs = ["test_accuracy", "central_val_accuracy", "rounds_completed", "client_rounds",
+             "client_compute", "epsilon", "eval_epsilon", "stop_reason", "fail_reason",
+             "reason", "run_dir"]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["number", "state", *study.settings.objectives, *params, *attrs,
@@ -120,18 +131,24 @@ def _write_trials_csv(study: Study, trials, path: Path, interrupted: set[int]) -
 
 
 def privacy_cost(study: Study, optuna_study: optuna.Study) -> dict[str, Any]:
-    """Composed ε of every trial that touched the data, the naive sum, and PS22 if it applies."""
-    from sandbox.core.privacy import PrivacyLedger
-    from sandbox.core.privacy.tuning import random_stopping_epsilon
+    """Composed ε of everything that touched the data, the naive sum, and PS22 if applied.
 
-    ledgers, names = [], []
+    Every trial's run ledger and its noised evaluations' ledger (:mod:`search.evaluation`)
+    compose per scope. The Papernot & Steinke (2022) random-stopping bound is reported
+    only when it was applied: a Poisson number of trials was drawn, the backend ran
+    exactly that many, and nothing else (a budget) stopped the search earlier.
+    """
+    from sandbox.core.privacy import PrivacyLedger
+
+    ledgers, names, evaluation = [], [], []
     for t in optuna_study.get_trials(deepcopy=False):
-        ledger = trial_ledger(t.user_attrs.get("run_dir", ""))
-        if ledger is not None and ledger.mechanisms:
+        for ledger in trial_ledgers(t.user_attrs):
             ledgers.append(ledger)
             names.append(f"trial-{t.number}")
+            evaluation += [m for m in ledger.mechanisms if m.kind == "eval-gaussian"]
     if not ledgers:
-        return {"dp": False, "note": "no trial applied a DP mechanism"}
+        return {"dp": False, "note": "no trial applied a DP mechanism",
+                "random_stopping": {"applies": False, "why": "no DP mechanism"}}
     accountant = study.base.privacy.accountant
     merged = PrivacyLedger.compose(ledgers, sources=names)
     report = merged.report()
@@ -140,115 +157,40 @@ def privacy_cost(study: Study, optuna_study: optuna.Study) -> dict[str, Any]:
              for s in merged.scopes}
     result = {
         "dp": True, "delta": merged.delta, "accountant": accountant,
-        "trials_with_dp": len(ledgers),
+        "ledgers": len(ledgers),
+        "trials_with_dp": len(set(names)),
         "composition": report["composition"],
         "epsilon_composed": max(composed.values()),
         "epsilon_naive_sum": max(naive.values()),
         "per_scope": {s: {"composed": composed[s], "naive_sum": naive[s]} for s in composed},
         "budget": study.settings.privacy_budget or None,
+        "noised_evaluation": None if not evaluation else {
+            "releases": len(evaluation), "noise_multiplier": evaluation[0].noise_multiplier,
+            "mechanism": "Gaussian on (correct, examples) counts, std z·√2, per evaluated "
+                         "client scope"},
     }
-    mean = optuna_study.user_attrs.get("n_trials_drawn")
-    if study.settings.trial_distribution == "poisson":
-        worst = max(merged.scopes, key=lambda s: composed[s])
-        result["random_stopping"] = random_stopping_epsilon(
-            [led.history(worst) for led in ledgers], merged.delta,
-            mean_trials=float(study.settings.n_trials))
-        result["random_stopping"]["n_trials_drawn"] = mean
-    else:
-        result["random_stopping"] = {
-            "applies": False,
-            "why": "Papernot & Steinke (2022) bound needs a random number of trials: set "
-                   "study.trial_distribution = 'poisson'"}
+    per_trial: dict[str, list] = {}  # a trial's run and evaluation are one mechanism
+    worst = max(merged.scopes, key=lambda s: composed[s])
+    for name, ledger in zip(names, ledgers, strict=True):
+        per_trial.setdefault(name, []).extend(ledger.history(worst))
+    result["random_stopping"] = _random_stopping(study, optuna_study, merged.delta,
+                                                 list(per_trial.values()))
     return result
 
 
-def _pyplot():
-    import matplotlib
+def _random_stopping(study: Study, optuna_study, delta: float, histories: list) -> dict:
+    from sandbox.core.privacy.tuning import random_stopping_epsilon
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _plot_history(study: Study, trials, path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    colors = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red"}
-    best, xs, ys = -math.inf, [], []
-    for t in trials:
-        acc = t.user_attrs.get("accuracy")
-        if acc is None or not math.isfinite(acc):
-            continue
-        ax.scatter(t.number, acc, color=colors.get(t.state.name, "gray"), s=18)
-        if t.state.name == "COMPLETE":
-            best = max(best, acc)
-            xs.append(t.number)
-            ys.append(best)
-    ax.step(xs, ys, where="post", color="black", label="best complete so far")
-    for state, color in colors.items():
-        ax.scatter([], [], color=color, label=state.lower())
-    ax.set_xlabel("trial")
-    ax.set_ylabel("final validation accuracy")
-    ax.set_title(f"{study.settings.name}: optimization history")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _importances(optuna_study) -> dict[str, float]:
-    import warnings
-
-    import optuna
-
-    if len([t for t in optuna_study.trials if t.state.name == "COMPLETE"]) < 4:
-        return {}
-    try:
-        target = None if len(optuna_study.directions) == 1 else (lambda t: t.values[0])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return {k: float(v) for k, v in optuna.importance.get_param_importances(
-                optuna_study, target=target).items()}
-    except (RuntimeError, ValueError, ZeroDivisionError):
-        return {}  # too few complete trials or no variation
-
-
-def _plot_importances(importances: dict[str, float], path: Path) -> None:
-    plt = _pyplot()
-    names = list(importances)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2))
-    ax.barh(names, [importances[n] for n in names])
-    ax.set_xlabel("importance (fANOVA, validation accuracy)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_pareto(study: Study, optuna_study, path: Path) -> None:
-    from optuna.trial import TrialState
-
-    plt = _pyplot()
-    objectives = study.settings.objectives
-    complete = optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    front = {t.number for t in optuna_study.best_trials}
-    pairs = [(i, j) for i in range(len(objectives)) for j in range(i + 1, len(objectives))]
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4.2), squeeze=False)
-    for ax, (i, j) in zip(axes[0], pairs, strict=True):
-        for on_front in (False, True):
-            pts = [(t.values[j], t.values[i]) for t in complete if (t.number in front) == on_front]
-            if pts:
-                ax.scatter(*zip(*pts, strict=True), s=30 if on_front else 14,
-                           color="tab:red" if on_front else "tab:gray",
-                           label="Pareto front" if on_front else "trials")
-        if objectives[j] == "epsilon" and study.settings.epsilon_max:
-            ax.axvline(study.settings.epsilon_max, ls="--", color="black", label="ε limit")
-        ax.set_xlabel(LABELS[objectives[j]])
-        ax.set_ylabel(LABELS[objectives[i]])
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.suptitle(f"{study.settings.name}: Pareto front")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    drawn = optuna_study.user_attrs.get("n_trials_drawn")
+    if drawn is None:
+        return {"applies": False,
+                "why": "Papernot & Steinke (2022) bound needs a random number of trials: "
+                       "set study.trial_distribution = 'poisson'"}
+    ran = len(finished_trials(optuna_study))
+    if ran != drawn:
+        return {"applies": False, "n_trials_drawn": drawn, "trials_run": ran,
+                "why": f"the search stopped after {ran} of the {drawn} trials drawn "
+                       "(a budget stopped it): the trial count was not the Poisson draw"}
+    bound = random_stopping_epsilon(histories, delta,
+                                    mean_trials=float(study.settings.n_trials))
+    return bound | {"n_trials_drawn": drawn, "trials_run": ran}

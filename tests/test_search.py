@@ -70,11 +70,13 @@ key = "model.hidden[0]"
 
 def write_study(tmp_path: Path, *, name="s", n_trials=4, sampler="tpe", pruner="none",
                 rounds=3, extra_study="", extra_experiment="", extra_space="") -> Path:
+    """A study file; ``sampler=None`` / ``pruner=None`` leave those (Optuna) keys out."""
     path = tmp_path / f"{name}.toml"
-    path.write_text(STUDY.format(name=name, root=ROOT, out=tmp_path / "out", n_trials=n_trials,
-                                 sampler=sampler, pruner=pruner, rounds=rounds,
-                                 extra_study=extra_study, extra_experiment=extra_experiment,
-                                 extra_space=extra_space))
+    text = STUDY.format(name=name, root=ROOT, out=tmp_path / "out", n_trials=n_trials,
+                        sampler=sampler, pruner=pruner, rounds=rounds,
+                        extra_study=extra_study, extra_experiment=extra_experiment,
+                        extra_space=extra_space)
+    path.write_text(text.replace('sampler = "None"\n', "").replace('pruner = "None"\n', ""))
     return path
 
 
@@ -298,26 +300,6 @@ def test_other_samplers_run(tmp_path, sampler):
     assert len({t["lr"] for t in trials}) == 4
 
 
-@pytest.mark.parametrize("storage", ["", "journal"])
-def test_two_worker_processes_share_one_storage(tmp_path, storage):
-    import optuna
-
-    from search import run_search
-    from search.config import Study
-    from search.optuna_backend import make_storage
-
-    path = write_study(tmp_path, n_trials=20, sampler="random", rounds=2,
-                       extra_study=f'workers = 2\nstorage = "{storage}"')
-    out = run_search(path)
-    study = optuna.load_study(study_name="s", storage=make_storage(Study(path)))
-    trials = study.get_trials()
-    assert len(trials) == 20 and sorted(t.number for t in trials) == list(range(20))
-    assert all(t.state.name == "COMPLETE" for t in trials)
-    run_dirs = [t.user_attrs["run_dir"] for t in trials]
-    assert len(set(run_dirs)) == 20 and all(Path(d).is_dir() for d in run_dirs)
-    assert len(read_trials(out)) == 20
-
-
 def test_pareto_study_with_epsilon_constraint_and_privacy_cost(tmp_path):
     from search import run_search
 
@@ -381,7 +363,7 @@ def test_kerastuner_backend_runs_federated_trials(tmp_path, oracle):
 
     from search import run_search
 
-    path = write_study(tmp_path, n_trials=3, rounds=3,
+    path = write_study(tmp_path, n_trials=3, rounds=3, sampler=None, pruner=None,
                        extra_study=f'backend = "kerastuner"\noracle = "{oracle}"\n'
                                    "max_rounds = 3")
     out = run_search(path)

@@ -67,7 +67,7 @@ def test_hyperband_promotes_the_top_third_of_its_bracket_at_a_rung(direction):
     assert asked(8, float("nan")).should_prune()
 
 
-def test_recover_interrupted_records_fails_and_requeues_by_public_api():
+def test_recover_interrupted_records_fails_and_enqueues_nothing():
     import optuna
 
     from search.optuna_backend import finished_trials, interrupted_trials, recover_interrupted
@@ -75,43 +75,71 @@ def test_recover_interrupted_records_fails_and_requeues_by_public_api():
     space = {"x": optuna.distributions.FloatDistribution(0, 1)}
     study = optuna.create_study(direction="maximize")
     study.tell(study.ask(space), 0.5)
-    lost = study.ask(space)  # left RUNNING, as by a killed process
+    study.ask(space)  # left RUNNING, as by a killed process
     assert recover_interrupted(study) == [1] and interrupted_trials(study) == {1}
-    states = [t.state.name for t in study.get_trials()]
-    assert states == ["COMPLETE", "FAIL", "WAITING"]
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "FAIL"]
     assert [t.number for t in finished_trials(study)] == [0]
-    retry = study.ask(space)  # the enqueued parameters come back
-    assert retry.params == lost.params and retry.user_attrs == {"retry_of": 1}
+    study.ask(space)
     assert recover_interrupted(study) == [2] and interrupted_trials(study) == {1, 2}
 
 
-@pytest.mark.parametrize("sampler", ["nsga2", "cmaes"])
-def test_a_fresh_sampler_per_trial_keeps_generations_and_is_deterministic(sampler):
-    """NSGA-II and CMA-ES keep their generations in the storage, not in the sampler."""
+def _fresh_search(sampler: str, storage, workers: int = 1, worker: int = 0):
     from types import SimpleNamespace
 
     import optuna
 
     from search.optuna_backend import OptunaSearch
+    from search.space import SearchSpace
+
+    space = SearchSpace.from_dict({"x": {"type": "float", "low": -3, "high": 3},
+                                   "y": {"type": "float", "low": -3, "high": 3}})
+    settings = SimpleNamespace(seed=1, sampler=sampler, n_trials=12, workers=workers,
+                               directions=["minimize"])  # NSGA-II population 4
+    study = SimpleNamespace(settings=settings, space=space)
+    return OptunaSearch(study, optuna.load_study(study_name="g", storage=storage), storage,
+                        worker=worker)
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "cmaes", "tpe"])
+def test_slot_proposals_keep_generations_and_are_deterministic(sampler):
+    """A fresh sampler per slot on the earlier trials; generations stay in the storage."""
+    import optuna
 
     def run() -> list:
         storage = optuna.storages.InMemoryStorage()
         optuna.create_study(storage=storage, study_name="g")
-        settings = SimpleNamespace(seed=1, sampler=sampler, n_trials=12)  # population 4
-        search = OptunaSearch(SimpleNamespace(settings=settings),
-                              optuna.load_study(study_name="g", storage=storage), storage)
+        search = _fresh_search(sampler, storage)
         for slot in range(20):
-            slot_study = search.slot_study(slot)
-            trial = slot_study.ask()
-            x, y = trial.suggest_float("x", -3, 3), trial.suggest_float("y", -3, 3)
-            slot_study.tell(trial, (x - 1) ** 2 + y**2)
+            earlier = search.optuna_study.get_trials()
+            fixed, trial, values = search.ask(slot, earlier)
+            fixed.tell(trial, (values["x"] - 1) ** 2 + values["y"] ** 2)
         return search.optuna_study.get_trials()
 
     trials = run()
-    generations = [v for t in trials for k, v in t.system_attrs.items()
-                   if k.endswith(":generation")]
-    assert max(generations) >= 2
+    if sampler == "nsga2":
+        generations = [v for t in trials for k, v in t.system_attrs.items()
+                       if k.endswith(":generation")]
+        assert max(generations) >= 2
     assert [t.params for t in trials] == [t.params for t in run()]
+    assert len({tuple(t.params.values()) for t in trials}) == 20
+
+
+def test_a_slot_of_a_later_batch_sees_only_earlier_batches_and_never_repeats():
+    """Worker 1's proposal for slot 3 (batch 2 of W = 2) ignores slot 2's result."""
+    import optuna
+
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(storage=storage, study_name="g")
+    search = _fresh_search("tpe", storage, workers=2, worker=1)
+    earlier = []
+    for slot in range(2):
+        fixed, trial, values = search.ask(slot, earlier)
+        fixed.tell(trial, values["x"] ** 2)
+    earlier = search.optuna_study.get_trials()
+    peer_study, peer, peer_values = search.ask(2, earlier)  # worker 0's slot of batch 2
+    before = search.propose(3, earlier)
+    peer_study.tell(peer, -100.0)  # a finished peer of the same batch changes nothing
+    assert search.propose(3, earlier) == before != peer_values
 
 
 def _private_accesses(source: str) -> list[str]:
@@ -150,21 +178,3 @@ def test_search_package_touches_no_private_attribute_of_another_library():
     found = {path.name: _private_accesses(path.read_text())
              for path in sorted((ROOT / "search").glob("*.py"))}
     assert len(found) >= 8 and not any(found.values()), found
-
-
-def test_a_partial_parameter_set_is_not_enqueued():
-    """Killed between two suggest calls: the slot's sampler re-proposes the whole set."""
-    import optuna
-
-    from search.optuna_backend import recover_interrupted
-    from search.space import SearchSpace
-
-    space = SearchSpace.from_dict({"x": {"type": "float", "low": 0, "high": 1},
-                                   "y": {"type": "float", "low": 0, "high": 1}})
-    both = {name: optuna.distributions.FloatDistribution(0, 1) for name in ("x", "y")}
-    study = optuna.create_study()
-    study.ask({"x": both["x"]})  # killed before it suggested y
-    complete = study.ask(both)
-    assert recover_interrupted(study, space) == [0, 1]
-    assert len([t for t in study.get_trials() if t.state.name == "WAITING"]) == 1
-    assert study.ask(both).params == complete.params  # only the complete set came back

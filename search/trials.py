@@ -1,0 +1,113 @@
+"""What every backend does around one trial: seeds, the privacy budget, the ledgers.
+
+Both backends (Optuna, KerasTuner) run a trial through :func:`run_budgeted_trial`, so the
+study's ``privacy_budget`` and the noised evaluation (:mod:`search.evaluation`) are
+enforced and accounted the same way:
+
+* the ledgers of every finished trial (its run's and its noised evaluations') compose
+  into the *spent* ledger (sequential composition per scope);
+* a trial with a noised evaluation reserves its worst case (every client, every round)
+  before it starts;
+* if spent + reserved already exceeds the budget, the trial does not run (recorded as a
+  budget stop with 0 rounds, never complete); otherwise the run gets
+  ``privacy.budget_epsilon = privacy_budget`` with the spent + reserved ledger as its
+  prior, so the engine stops it before the round that would exceed the budget;
+* any budget stop ends the search.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sandbox.core.errors import ConfigError
+from sandbox.core.results import StopReason
+from search.evaluation import Evaluation
+from search.objective import TrialOutcome, run_trial, trial_ledgers
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from sandbox.core.config import Config
+    from sandbox.core.privacy import PrivacyLedger
+    from search.config import Study
+
+
+def mixed_seed(*parts: int) -> int:
+    """A well-mixed 31-bit seed from integer parts (consecutive seeds correlate).
+
+    Never 0: KerasTuner replaces a falsy seed by a random one.
+    """
+    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0]
+    return int(state) % (2**31 - 2) + 1
+
+
+def spent_ledger(attrs: Iterable[dict[str, Any]]) -> PrivacyLedger | None:
+    """Composition of every ledger of the trials with user attributes ``attrs``."""
+    from sandbox.core.privacy import PrivacyLedger
+
+    ledgers = [led for a in attrs for led in trial_ledgers(a)]
+    return PrivacyLedger.compose(ledgers) if ledgers else None
+
+
+def evaluation_for(study: Study, slot: int) -> Evaluation:
+    settings = study.settings
+    return Evaluation(settings.eval_fraction, settings.eval_noise_multiplier,
+                      seed=mixed_seed(settings.seed, slot, 7))
+
+
+def run_budgeted_trial(study: Study, values: dict[str, Any], *, name: str, slot: int,
+                       spent: Iterable[dict[str, Any]], rounds: int | None = None,
+                       report: Callable[[int, float], None] | None = None
+                       ) -> tuple[TrialOutcome, dict[str, Any]]:
+    """Run one trial under the study's budget; return its outcome and user attributes.
+
+    ``spent`` holds the user attributes of the finished trials whose ledgers count.
+    """
+    evaluation = evaluation_for(study, slot)
+    try:
+        cfg = study.trial_config(values, rounds=rounds, name=name)
+    except ConfigError as exc:
+        outcome = TrialOutcome.invalid(exc)
+    else:
+        outcome = _run_within_budget(study, cfg, evaluation, list(spent), report)
+    attrs = outcome.attributes()
+    if outcome.eval_ledger is not None and outcome.eval_ledger.mechanisms:
+        path = study.directory / "eval_ledgers" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        outcome.eval_ledger.save(path)
+        attrs["eval_ledger"] = str(path)
+        attrs["eval_epsilon"] = max(outcome.eval_ledger.epsilon(
+            s, study.base.privacy.accountant) for s in outcome.eval_ledger.scopes)
+    return outcome, attrs
+
+
+def _run_within_budget(study: Study, cfg: Config, evaluation: Evaluation,
+                       spent: list[dict[str, Any]], report) -> TrialOutcome:
+    from sandbox.core.privacy import PrivacyLedger
+
+    budget = study.settings.privacy_budget
+    if not budget:
+        return run_trial(cfg, report=report, evaluation=evaluation)
+    parts = [led for a in spent for led in trial_ledgers(a)]
+    reserved = evaluation.reserve(cfg, source=cfg.name)
+    if reserved.mechanisms:
+        parts.append(reserved)
+    prior = PrivacyLedger.compose(parts) if parts else None
+    accountant = study.base.privacy.accountant
+    if prior is not None:
+        worst = max(prior.scopes, key=lambda s: prior.epsilon(s, accountant))
+        projected = prior.epsilon(worst, accountant)
+        if projected > budget:
+            return TrialOutcome(StopReason.BUDGET, reason=(
+                f"privacy budget: spent + reserved evaluation ε = {projected:.3g} > "
+                f"{budget:g} (scope {worst}) before round 1"))
+    if cfg.privacy.any_dp:  # the engine stops the run before the exceeding round
+        cfg = cfg.model_copy(update={"privacy": cfg.privacy.model_copy(
+            update={"budget_epsilon": budget})})
+    return run_trial(cfg, report=report, prior_ledger=prior, evaluation=evaluation)
+
+
+def is_budget_stop(attrs: dict[str, Any]) -> bool:
+    return bool(attrs.get("budget_stop"))
