@@ -222,7 +222,11 @@ def _parse_settings(settings: dict[str, Any], path: Path) -> StudyConfig:
             line = describe_error(error, StudyConfig)
             if not line.startswith("  study."):
                 line = line.replace("  ", "  study.", 1)
-            lines.append(line.replace("in top level;", "in [study];"))
+            line = line.replace("in top level;", "in [study];")
+            key = str(error["loc"][0]) if error["loc"] else ""
+            if error["type"] == "extra_forbidden" and key in Config.model_fields:
+                line += f" (an experiment key? override it with --set experiment.{key}=...)"
+            lines.append(line)
         raise ConfigError(f"{path}: invalid [study]\n" + "\n".join(lines),
                           problems=[line.strip() for line in lines]) from None
 

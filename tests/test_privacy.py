@@ -397,3 +397,10 @@ def test_keras_layerwise_per_example_gradients_are_exact(arch, shape, kernel):
     for total, g in zip(sums, grads, strict=True):
         np.testing.assert_allclose(total.numpy(), np.tensordot(factors, g.numpy(), 1),
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_absurdly_small_noise_reports_the_rdp_bound_instead_of_exhausting_memory():
+    from sandbox.core.privacy.accounting import PRV_MAX_EPSILON
+
+    rdp = epsilon([(1e-6, 0.5, 10)], 1e-5, "rdp")
+    assert rdp > PRV_MAX_EPSILON and epsilon([(1e-6, 0.5, 10)], 1e-5, "prv") == rdp

@@ -83,9 +83,18 @@ def _rdp_epsilon(history: History, delta: float) -> float:
     return float(eps)
 
 
+#: Beyond this RDP ε the PRV accountant is not run: its discretization grid grows with ε
+#: (σ ≈ 1e-6 asks for petabytes); the RDP value, also an upper bound, is reported as is.
+PRV_MAX_EPSILON = 1000.0
+
+
 @functools.lru_cache(maxsize=1024)
 def _prv_epsilon(history: History, delta: float) -> float:
     from opacus.accountants import PRVAccountant
+
+    upper = _rdp_epsilon(history, delta)
+    if not math.isfinite(upper) or upper > PRV_MAX_EPSILON:
+        return upper  # no meaningful privacy either way; PRV would not fit in memory
 
     accountant = PRVAccountant()
     accountant.history = [tuple(entry) for entry in history]
