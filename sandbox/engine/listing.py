@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sandbox.core.errors import SandboxError
 from sandbox.engine.checkpoint import checkpoint_round
@@ -43,8 +44,9 @@ def _entry(path: Path) -> Entry:
     state = next((s for suffix, s in _SUFFIX_STATE.items() if path.name.endswith(suffix)),
                  "finished")
     info = _read_json(path / "run.json")
-    if info is not None:
-        final = info.get("final") or {}
+    if info is not None:  # a stopped run has no "final": its last metrics row says
+        rows = _read_json(path / "metrics.json") if "final" not in info else None
+        final = info.get("final") or (rows[-1] if isinstance(rows, list) and rows else {})
         return Entry(path.name, "run", info.get("stop_reason", state),
                      info.get("rounds_completed", final.get("round")),
                      final.get("central_val_accuracy"), final.get("central_test_accuracy"),
@@ -60,7 +62,7 @@ def _entry(path: Path) -> Entry:
     return Entry(path.name, kind, state, checkpoint_round(path))  # killed: resumable?
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
