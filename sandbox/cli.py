@@ -140,7 +140,7 @@ def _resume(args) -> int:
     if args.overrides:
         raise SandboxError("--resume continues a run with its own config.toml; --set is "
                            "not allowed")
-    result = resume(args.config)
+    result = resume(args.config, progress=False if args.quiet else None)
     if not args.quiet:
         print_summary(load_config(Path(result.run_dir) / "config.toml"), result)
     print(result.run_dir)

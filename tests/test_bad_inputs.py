@@ -142,10 +142,12 @@ CASES = {
     "ls on a missing directory": (["ls", "{inp}/nowhere"], ["nowhere", "not a directory"]),
     "resume a directory that is not a run": (["run", "--resume", "{inp}"],
                                             ["not a run directory"]),
-    "resume a run without checkpoint": (["run", "--resume", "{inp}/stopped_run"],
+    "resume a run without checkpoint": (["run", "--resume", "{inp}/stopped_run.partial"],
                                         ["no checkpoint.pkl"]),
-    "resume with overrides": (["run", "--resume", "{inp}/stopped_run", "--set", "rounds=3"],
-                              ["--set is not allowed"]),
+    "resume a finished run": (["run", "--resume", "{inp}/finished_run"],
+                              ["is a finished run"]),
+    "resume with overrides": (["run", "--resume", "{inp}/stopped_run.partial", "--set",
+                               "rounds=3"], ["--set is not allowed"]),
 }
 
 
@@ -172,8 +174,9 @@ def _write_inputs(inp):
     for name, text in csvs.items():
         (inp / f"{name}.csv").write_text(text)
     (inp / "afile.txt").write_text("not a directory")
-    (inp / "stopped_run").mkdir()
-    (inp / "stopped_run" / "config.toml").write_text(open(QUICK).read())
+    for run_dir in ("stopped_run.partial", "finished_run"):
+        (inp / run_dir).mkdir()
+        (inp / run_dir / "config.toml").write_text(open(QUICK).read())
     (inp / "broken.toml").write_text("rounds = = 3\n")
     study = open(STUDY).read().replace('experiment = "quickstart.toml"',
                                        f'experiment = "{QUICK}"')

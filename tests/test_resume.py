@@ -74,4 +74,9 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     (tmp_path / "config.toml").write_text((ROOT / "configs" / "quickstart.toml").read_text())
     assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "is a finished run" in capsys.readouterr().err
+    stopped = tmp_path / "x.partial"
+    stopped.mkdir()
+    (stopped / "config.toml").write_text((tmp_path / "config.toml").read_text())
+    assert main(["run", "--resume", str(stopped)]) == 2
     assert "no checkpoint.pkl" in capsys.readouterr().err

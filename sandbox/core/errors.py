@@ -64,6 +64,8 @@ class ClientsFailed(Exception):
     def __init__(self, server_round: int, valid: int, sampled: int, needed: int,
                  failures: dict[int, str]) -> None:
         first = ", ".join(f"client {pid}: {why}" for pid, why in list(failures.items())[:3])
+        if len(failures) > 3:
+            first += f", and {len(failures) - 3} more (metrics.json: failures)"
         super().__init__(
             f"round {server_round}: {valid} of {sampled} sampled clients replied, fewer than "
             f"federation.min_train_replies = {needed} ({len(failures)} failed; {first})")

@@ -60,14 +60,15 @@ def run(config: Config, *, callbacks=(), prior_ledger: PrivacyLedger | None = No
                     prior_ledger=prior_ledger)
 
 
-def resume(run_dir: str | Path, *, callbacks=()) -> RunResult:
+def resume(run_dir: str | Path, *, callbacks=(), progress: bool | None = None) -> RunResult:
     """Continue a run that was killed or interrupted, from its last round checkpoint.
 
     ``run_dir`` is the run's directory (``<run>.partial`` after kill -9,
     ``<run>.interrupted`` or ``<run>.failed``). Its ``config.toml`` is re-validated and
     must match the checkpoint; the run continues in that directory, which gets its
-    final name when the run finishes. The finished run's ``metrics.json`` equals that of
-    an uninterrupted run (same config and seed) byte for byte.
+    final name when the run finishes. ``progress`` overrides ``output.progress``. The
+    finished run's ``metrics.json`` equals that of an uninterrupted run (same config and
+    seed) byte for byte.
 
     Raises
     ------
@@ -83,6 +84,12 @@ def resume(run_dir: str | Path, *, callbacks=()) -> RunResult:
     if not (path / "config.toml").is_file():
         raise SandboxError(f"--resume: {path} is not a run directory (no config.toml)")
     config = load_config(path / "config.toml")
+    if not path.name.endswith((".partial", ".interrupted", ".failed")):
+        raise SandboxError(f"--resume: {path} is a finished run (only a .partial, "
+                           ".interrupted or .failed run directory can be continued)")
+    if progress is not None:  # output settings are not part of the config hash
+        config = config.model_copy(update={"output": config.output.model_copy(
+            update={"progress": progress})})
     if config.backend != "inline":
         raise SandboxError(f"--resume: the run used backend '{config.backend}'; resuming "
                            "needs backend 'inline' (node states live in the process)")

@@ -12,8 +12,11 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
+
+from sandbox.core.errors import SandboxError
 
 if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
@@ -44,6 +47,24 @@ def worker_setup() -> None:
         sys.modules["tensorflow"] = None  # type: ignore[assignment]
 
 
+@contextlib.contextmanager
+def _quiet_stop_signals() -> Iterator[None]:
+    """Flower runs the ServerApp in a thread: a round callback's stop (pruned, diverged,
+    interrupted) would be printed there with a traceback before the engine re-raises it
+    from the main thread (``RunRecorder.stop_exception``). Print only real errors."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not isinstance(args.exc_value, KeyboardInterrupt | SandboxError):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
 def run_ray(server_app: ServerApp, client_app: ClientApp, cfg: Config) -> None:
     import ray
 
@@ -63,13 +84,13 @@ def run_ray(server_app: ServerApp, client_app: ClientApp, cfg: Config) -> None:
         },
     )
     try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=cfg.data.num_clients,
-            backend_config={
-                "client_resources": {"num_cpus": cfg.ray.num_cpus_per_client, "num_gpus": 0.0}
-            },
-        )
+        with _quiet_stop_signals():
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=cfg.data.num_clients,
+                backend_config={"client_resources": {
+                    "num_cpus": cfg.ray.num_cpus_per_client, "num_gpus": 0.0}},
+            )
     finally:
         ray.shutdown()
