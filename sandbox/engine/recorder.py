@@ -75,6 +75,7 @@ class RunRecorder:
         self.stopped: BudgetExhausted | None = None
         self.stop_exception: BaseException | None = None
         self.checkpoint_dir = checkpoint_dir
+        self._config_hash = cfg.config_hash()  # what a checkpoint is checked against
         self._node_states = None  # callable: the nodes' Context.state (inline grid)
         if resume is not None:
             self.rows = dict(resume.rows)
@@ -153,7 +154,7 @@ class RunRecorder:
         if self.checkpoint_dir is None or self._node_states is None or server_round == 0:
             return
         save_checkpoint(self.checkpoint_dir, Checkpoint(
-            self.cfg.config_hash(), server_round, self.accounted, dict(self.rows),
+            self._config_hash, server_round, self.accounted, dict(self.rows),
             dict(self.round_seconds), self._node_states()))
 
     def strategy_started(self, accounted: Accounted, node_states=None) -> None:
