@@ -10,7 +10,7 @@ each example's gradient is clipped to global L2 norm
 ``noise_multiplier * max_grad_norm`` is added and the sum is divided by the expected batch
 size. The noise is drawn inside the loop (``tf.random.stateless_normal``, seeded per step),
 or, with ``privacy.secure_rng``, drawn beforehand from :func:`os.urandom`
-(:func:`clients.schedule.secure_noise`) and fed to the loop one row per step. Accounting
+(:func:`sandbox.core.privacy.noise.gaussian`) and fed to the loop one row per step. Accounting
 uses the same Opacus accountant as torch clients (``clients.dp``).
 
 Schedule rows may be padded with :data:`clients.schedule.PAD` (the partial last batch of
@@ -31,10 +31,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from clients.keras_dp import clipped_gradient_sum  # noqa: E402
-from clients.schedule import PAD, secure_noise  # noqa: E402
+from clients.schedule import PAD  # noqa: E402
 from sandbox.core.config import TrainConfig  # noqa: E402
 from sandbox.core.models import ModelSpec  # noqa: E402
 from sandbox.core.privacy import SampleDPPlan  # noqa: E402
+from sandbox.core.privacy.noise import gaussian  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":
     raise RuntimeError(
@@ -208,7 +209,7 @@ class KerasTrainer:
         sums = tf.zeros(2)
         for start in range(0, len(schedule), rows):
             chunk = schedule[start : start + rows]
-            noise = secure_noise((len(chunk), self._num_weights), std).astype(np.float32)
+            noise = gaussian((len(chunk), self._num_weights), std, None).astype(np.float32)
             sums += self._secure_private_train(x, y, chunk, noise, np.float32(dp.max_grad_norm),
                                                np.float32(dp.expected_batch))
         return sums

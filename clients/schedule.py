@@ -13,15 +13,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sandbox.core.privacy.noise import gaussian
+from sandbox.core.csprng import secure_uniform
 
 if TYPE_CHECKING:
     from sandbox.core.config import TrainConfig
 
 #: Padding value of schedule rows that hold fewer examples than the matrix is wide.
 PAD = -1
-
-_UNIT = 2.0 ** -53  # spacing of 53-bit uniforms in [0, 1)
 
 
 class SecureRandom:
@@ -34,9 +32,7 @@ class SecureRandom:
 
     def random(self, shape: tuple[int, ...]) -> np.ndarray:
         """Uniform float64 draws in [0, 1) with 53 random bits each."""
-        count = int(np.prod(shape, dtype=np.int64))
-        bits = np.frombuffer(os.urandom(8 * count), dtype=np.uint64) >> 11
-        return (bits.astype(np.float64) * _UNIT).reshape(shape)
+        return secure_uniform(int(np.prod(shape, dtype=np.int64))).reshape(shape)
 
     def permutation(self, items: int | np.ndarray) -> np.ndarray:
         """A uniformly random order: sorting by independent 64-bit keys (ties ~ n²/2⁶⁵)."""
@@ -105,16 +101,3 @@ def poisson_schedule(
         idx = np.flatnonzero(members)
         schedule[row, : len(idx)] = rng.permutation(idx)
     return schedule
-
-
-def secure_noise(shape: tuple[int, ...], std: float) -> np.ndarray:
-    """N(0, std²) float64 noise of ``shape`` from :func:`os.urandom`, as ``secure_mode`` does.
-
-    The mean of four independent N(0, std²) draws times 2 (i.e. their sum halved) is
-    again N(0, std²); summing several draws fills the gaps in the set of floating-point
-    values one sampler can output, the mitigation of Holohan & Braghin (2021, "Secure
-    random sampling in differential privacy") that Opacus' ``secure_mode`` uses against
-    the attacks of Jin et al. (2022). Each draw is :func:`sandbox.core.privacy.noise.gaussian`
-    (Box-Muller on 53-bit uniforms from the OS's CSPRNG).
-    """
-    return gaussian((4, *shape), std, None).sum(axis=0) / 2.0

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from clients.schedule import PAD, secure_noise
+from clients.schedule import PAD
 from sandbox.core.config import TrainConfig
 from sandbox.core.models import ModelSpec
 from sandbox.core.privacy import SampleDPPlan
+from sandbox.core.privacy.noise import gaussian
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU}
 
@@ -129,14 +130,15 @@ def _urandom_optimizer_class() -> type:
         """``DPOptimizer`` whose Gaussian noise comes from the OS's CSPRNG.
 
         Overrides the documented ``add_noise`` step (clipped sum + noise into ``p.grad``)
-        with :func:`clients.schedule.secure_noise`: the same sum-of-four-draws sampler as
-        Opacus' ``secure_mode``, fed by :func:`os.urandom` instead of a torch generator.
+        with :func:`sandbox.core.privacy.noise.gaussian` (``rng=None``): the same
+        sum-of-four-draws sampler as Opacus' ``secure_mode``, fed by :func:`os.urandom`
+        instead of a torch generator.
         """
 
         def add_noise(self) -> None:
             std = self.noise_multiplier * self.max_grad_norm
             for p in self.params:
-                noise = torch.from_numpy(secure_noise(tuple(p.summed_grad.shape), std))
+                noise = torch.from_numpy(gaussian(tuple(p.summed_grad.shape), std, None))
                 p.grad = (p.summed_grad + noise.to(p.summed_grad)).view_as(p)
 
     return _UrandomDPOptimizer

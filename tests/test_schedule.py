@@ -13,9 +13,9 @@ from clients.schedule import (
     batch_schedule,
     client_randomness,
     poisson_schedule,
-    secure_noise,
 )
 from sandbox.core.config import TrainConfig
+from sandbox.core.privacy.noise import gaussian
 
 
 @pytest.mark.parametrize(("n", "batch", "epochs"), [(100, 32, 3), (96, 32, 2), (10, 32, 2),
@@ -89,10 +89,10 @@ def test_secure_noise_is_gaussian_with_the_given_std():
     """1e6 draws: relative sd of the sample std is 1/sqrt(2e6) = 0.07 %, so 0.5 % is 7 sd;
     the sample kurtosis has sd sqrt(24/1e6) = 0.005, so 0.05 is 10 sd (a uniform would
     give 1.8). False-failure rate below 1e-11."""
-    noise = secure_noise((1000, 1000), 0.3)
+    noise = gaussian((1000, 1000), 0.3, None)  # secure: the sum of four draws, halved
     assert noise.shape == (1000, 1000) and noise.dtype == np.float64
     assert noise.std() == pytest.approx(0.3, rel=0.005)
     assert abs(noise.mean()) < 5 * 0.3 / 1000
     kurtosis = np.mean((noise / noise.std()) ** 4)
     assert kurtosis == pytest.approx(3.0, abs=0.05)
-    assert not np.array_equal(noise, secure_noise((1000, 1000), 0.3))
+    assert not np.array_equal(noise, gaussian((1000, 1000), 0.3, None))

@@ -21,10 +21,11 @@ Two designs:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 import numpy as np
+
+from sandbox.core.csprng import secure_uniform
 
 PURPOSES = {"train": 0, "evaluate": 1}
 # Leading word of the Poisson sampler's seed: numpy's SeedSequence ignores trailing zero
@@ -106,8 +107,7 @@ def poisson_clients_for_round(seed: int, server_round: int, purpose: str,
     # shift when the set of available clients changes.
     size = available[-1] + 1
     if secure:
-        bits = np.frombuffer(os.urandom(8 * size), dtype=np.uint64) >> 11
-        uniforms = bits.astype(np.float64) * 2.0 ** -53
+        uniforms = secure_uniform(size)
     else:
         sequence = np.random.SeedSequence([POISSON_TAG, seed, server_round, PURPOSES[purpose]])
         uniforms = np.random.default_rng(sequence).random(size)
