@@ -137,6 +137,7 @@ class FederationConfig(_Section):
 
 ClientDPMode = Literal["off", "server_fixed", "client_fixed", "server_adaptive", "client_adaptive"]
 AccountantName = Literal["rdp", "prv"]
+NoiseSource = Literal["secure", "seeded"]
 
 
 class SampleDPConfig(_Section):
@@ -185,7 +186,12 @@ class PrivacyConfig(_Section):
     delta: float = Field(1e-5, gt=0, lt=1)
     accountant: AccountantName = "rdp"
     budget_epsilon: float = Field(0.0, ge=0)
-    secure_rng: bool = False
+    #: "secure": DP randomness (noise, DP-SGD batches, the client sample under client-level
+    #: DP, the search's evaluation noise) fresh from os.urandom in every run: ε is an upper
+    #: bound. "seeded": drawn from the run seed, reproducible bit for bit but NOT PRIVATE
+    #: (anyone who knows the seed can subtract the noise, and runs of one seed share it):
+    #: every ε is then flagged as not an upper bound.
+    noise: NoiseSource = "secure"
     sample: SampleDPConfig = Field(default_factory=SampleDPConfig)
     client: ClientDPConfig = Field(default_factory=ClientDPConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
@@ -210,15 +216,25 @@ class PrivacyConfig(_Section):
     def any_dp(self) -> bool:
         return self.sample.enabled or self.client.mode != "off"
 
+    @property
+    def secure_rng(self) -> bool:
+        """DP randomness from the OS's CSPRNG (``noise = "secure"``), not from the seed."""
+        return self.noise == "secure"
+
 
 class RayConfig(_Section):
     num_cpus_per_client: float = Field(1.0, gt=0)
 
 
 class RuntimeConfig(_Section):
-    """Limits every backend applies to client work."""
+    """Limits and thread counts every backend applies to client and server work."""
 
     client_timeout_s: float = Field(3600.0, gt=0)
+    #: torch intra-op threads and TensorFlow intra-op threads of every client's training
+    #: and evaluation, on every backend (float reductions depend on the thread count).
+    threads_per_client: int = Field(1, ge=1, le=256)
+    #: the same for the server's centralized evaluation.
+    server_threads: int = Field(1, ge=1, le=256)
 
 
 class FaultsConfig(_Section):
@@ -368,6 +384,9 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> Config:
 RENAMED_KEYS = {
     "data.test_fraction": ("data.client_validation_fraction",
                            "each client's held-out share is its validation split"),
+    "privacy.secure_rng": ("privacy.noise",
+                           "'secure' is now the default; 'seeded' is reproducible but "
+                           "not private"),
 }
 
 
