@@ -350,6 +350,13 @@ def check_safe_name(key: str, name: str) -> str:
 
 def _check_client_dp(cfg: Config) -> None:
     client = cfg.privacy.client
+    if cfg.federation.min_train_replies != 1:
+        # Stopping for too few replies would release whether clients took part; under
+        # client-level DP an empty round releases noise only and the run goes on.
+        raise ValueError(
+            f"federation.min_train_replies={cfg.federation.min_train_replies} cannot be "
+            "used with client-level DP (privacy.client.mode): stopping a run for too few "
+            "replies reveals participation; allowed: 1 (the default)")
     if client.mode.endswith("adaptive"):
         # Clients are Poisson-sampled under client-level DP: qN is the expected count.
         expected = cfg.federation.fraction_train * cfg.data.num_clients

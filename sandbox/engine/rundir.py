@@ -226,4 +226,8 @@ def finite_or_null(value: Any) -> Any:
 def run_header(cfg: Config) -> dict[str, Any]:
     """The first keys of ``run.json``: what ran."""
     return {"name": cfg.name, "config_hash": cfg.config_hash(), "seed": cfg.seed,
-            "framework": cfg.framework, "backend": cfg.backend, "rounds": cfg.rounds}
+            "framework": cfg.framework, "backend": cfg.backend, "rounds": cfg.rounds,
+            # float reductions depend on these: part of what ran (runtime.* keys)
+            "threads": {"per_client": cfg.runtime.threads_per_client,
+                        "server": cfg.runtime.server_threads},
+            "noise": cfg.privacy.noise if cfg.privacy.any_dp else None}
