@@ -83,6 +83,8 @@ class AccountedStrategy(Strategy):
         self.participation: dict[int, dict[str, list[int]]] = {}
         #: round -> {"train"|"evaluate": {partition id: "ExceptionType: message"}}
         self.failures: dict[int, dict[str, dict[int, str]]] = {}
+        #: round -> {partition id: validation examples} of the valid evaluate replies
+        self.evaluated: dict[int, dict[int, int]] = {}
         self._partitions: dict[int, int] = {}  # node id -> partition id
 
     @property
@@ -229,6 +231,10 @@ class AccountedStrategy(Strategy):
                            ) -> MetricRecord | None:
         replies = in_partition_order(replies, self._partitions)
         self._record_failures(server_round, "evaluate", replies)
+        self.evaluated[server_round] = {
+            self._partitions[r.metadata.src_node_id]:
+                int(r.content[wire.METRICS][wire.NUM_EXAMPLES])
+            for r in replies if not r.has_error()}
         metrics = self.strategy.aggregate_evaluate(server_round, replies)
         if metrics is not None:
             self.result.evaluate_metrics_clientapp[server_round] = metrics
