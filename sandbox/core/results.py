@@ -128,6 +128,9 @@ class RunResult:
         Where and why a budget stop happened.
     round_seconds : list of float
         Wall time of each row's round.
+    epsilon_caveats : list of str
+        Why ``epsilon`` is not an upper bound (empty when it is one; see
+        :func:`sandbox.core.privacy.assumptions.epsilon_caveats`).
     """
 
     run_dir: Path
@@ -140,6 +143,12 @@ class RunResult:
     stop_reason: StopReason = StopReason.FINISHED
     stopped_early: BudgetStop | None = None
     round_seconds: list[float] = field(default_factory=list)
+    epsilon_caveats: list[str] = field(default_factory=list)
+
+    @property
+    def epsilon_upper_bound(self) -> bool:
+        """Whether ``epsilon`` is a proven upper bound (no caveats)."""
+        return not self.epsilon_caveats
 
     def metric(self, key: str) -> list[float]:
         """One metric over rounds, e.g. ``result.metric("central_val_accuracy")``."""

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sandbox.core.errors import SandboxError
-from sandbox.core.privacy.assumptions import accounting_assumptions
+from sandbox.core.privacy.assumptions import accounting_assumptions, epsilon_caveats
 from sandbox.core.results import (
     METRIC_COLUMNS,
     RunResult,
@@ -186,6 +186,8 @@ def write_run(
         "stop_reason": stop_reason.value, "wall_s": wall_s,
         "finished": dt.datetime.now().isoformat(timespec="seconds"),
         "final": final, "epsilon": epsilon, "privacy": summary,
+        "epsilon_upper_bound": not epsilon_caveats(cfg) if epsilon is not None else None,
+        "epsilon_caveats": epsilon_caveats(cfg) if epsilon is not None else [],
         "versions": package_versions(),
     })
     run_dir.write_json("privacy.json", privacy)
@@ -209,7 +211,8 @@ def write_run(
         (run_dir.path / name).unlink(missing_ok=True)
     path = run_dir.commit()
     return RunResult(path, cfg.config_hash(), rows, wall_s, final, summary, epsilon,
-                     stop_reason, record.budget_stop, record.round_seconds)
+                     stop_reason, record.budget_stop, record.round_seconds,
+                     epsilon_caveats(cfg) if epsilon is not None else [])
 
 
 def finite_or_null(value: Any) -> Any:

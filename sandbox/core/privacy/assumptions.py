@@ -46,6 +46,23 @@ def accounting_assumptions(cfg: Config) -> dict[str, str | bool]:
     return out
 
 
+def epsilon_caveats(cfg: Config) -> list[str]:
+    """Why the run's ε is *not* an upper bound (empty: it is one).
+
+    Shown wherever ε is read: run.json, the console, sweep columns, search objectives.
+    """
+    if not cfg.privacy.any_dp:
+        return []
+    caveats = []
+    if cfg.privacy.sample.enabled and not cfg.privacy.sample.poisson:
+        caveats.append("privacy.sample.poisson = false: shuffled fixed-size batches are "
+                       "accounted as if Poisson-sampled")
+    if cfg.privacy.noise == "seeded":
+        caveats.append("privacy.noise = 'seeded': the noise follows from the seed, so it "
+                       "can be subtracted and runs of one seed share it")
+    return caveats
+
+
 def _client_level(cfg: Config) -> dict[str, str | bool]:
     """Client-level DP: sampling, adjacency, what the guarantee covers."""
     rate, clients = cfg.federation.fraction_train, cfg.data.num_clients
