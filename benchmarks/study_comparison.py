@@ -7,28 +7,35 @@ experiment of ``configs/search_digits.toml`` with
   2018; ours, brackets by slot)}, every arm with the same client-round budget;
 * an ablation on mnist1d after Kuo et al. (MLSys 2023): TPE + Hyperband and random
   search scored on the exact server-held validation set, on the federated validation of
-  a seeded 20% of the clients, and on that federated validation with DP noise on the
-  aggregated counts (its ε charged to the study's ledger).
+  20% of the clients drawn anew for each trial, and on that federated validation with DP
+  noise on the aggregated counts (its ε charged to the study's ledger).
 
-Per dataset, the *target* is a validation accuracy fixed before any arm is compared:
-``--target-fraction`` (0.97) of the best validation accuracy that any study of that
-dataset reached. Client-rounds to target counts every client-round of every trial
-(pruned ones included) until a trial first reaches the target on the *exact* server-held
-validation set, whatever the tuner saw. Reported: per-seed values, the median and IQR of
-each arm's ratio (random without pruning / arm; > 1 means fewer client-rounds), and the
-test accuracy of each arm's validation-selected best trial. Study names do not enter
-any result (Hyperband brackets follow the trial slot); ``--no-write`` writes nothing
-outside a temporary directory.
+Each seed varies the whole experiment (data split, initial model, client sampling: the
+experiment's ``seed``) and the tuner (the study's ``seed``). Per dataset, the *targets*
+are validation accuracies fixed before any arm is compared and written with the date into
+``benchmarks/study_targets.json``: fractions of the best validation accuracy reached by
+the 2×2 studies of that dataset (the ablation does not enter). Client-rounds to target
+count every client-round of every trial, training and federated evaluation, pruned trials
+included, until a trial first reaches the target on the *exact* server-held validation
+set, whatever the tuner saw. A study that never reaches it is *censored* (``>B``): its
+ratio is a bound, shown as an interval, and a cell reports how many seeds reached the
+target. The raw per-trial outputs are kept in ``benchmarks/study_results.csv`` so that
+``--reanalyse`` works on a fresh clone. Study names do not enter any result (Hyperband
+brackets follow the trial slot); ``--no-write`` writes nothing outside a temporary
+directory.
 
     nox -s study                                           # writes RESULTS.md + the figure
+    python benchmarks/study_comparison.py --reanalyse       # from study_results.csv
     python benchmarks/study_comparison.py --seeds 0 --no-write    # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import json
+import math
 import os
 import statistics
 import sys
@@ -41,6 +48,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CONFIG = ROOT / "configs" / "search_digits.toml"
+RAW = ROOT / "benchmarks" / "study_results.csv"
+TARGETS = ROOT / "benchmarks" / "study_targets.json"
+EXACT = "exact central"
 BASELINE = "random"
 ARMS = {  # name -> [study] overrides
     "random": {"sampler": "random", "pruner": "none"},
@@ -56,7 +66,7 @@ DATASETS = {  # name -> experiment overrides (on search_digits.toml's [experimen
 }
 NOISE = 2.0  # noise multiplier of the DP-noised evaluation (std 2·√2 on the counts)
 EVALUATIONS = {  # ablation: how the tuner scores a round
-    "exact central": {},
+    EXACT: {},
     "federated 20%": {"eval_fraction": 0.2},
     f"federated 20% + DP (z={NOISE:g})": {"eval_fraction": 0.2,
                                           "eval_noise_multiplier": NOISE},
@@ -67,7 +77,7 @@ ABLATION_DATASET = "mnist1d"
 
 def study_overrides(dataset: str, arm: str, evaluation: str, seed: int, args,
                     out: Path) -> dict:
-    experiment = {"experiment.rounds": args.rounds,
+    experiment = {"experiment.rounds": args.rounds, "experiment.seed": seed,
                   "experiment.federation.fraction_evaluate": 0.0,
                   **{f"experiment.{k}": v for k, v in DATASETS[dataset].items()}}
     mode = list(EVALUATIONS).index(evaluation)
@@ -83,10 +93,9 @@ def run_study(job: tuple) -> dict:
 
     from search import run_search
 
-    dataset, arm, evaluation, seed, overrides = job
     logging.getLogger("flwr").setLevel(logging.WARNING)
     start = time.perf_counter()
-    out = run_search(CONFIG, overrides)
+    out = run_search(CONFIG, job[-1])
     return collect(job, out, time.perf_counter() - start)
 
 
@@ -109,9 +118,78 @@ def collect(job: tuple, out: Path, wall: float) -> dict:
             "epsilon": privacy.get("epsilon_composed")}
 
 
+# -- raw outputs: one CSV row per trial ---------------------------------------------------
+RAW_COLUMNS = ["dataset", "arm", "evaluation", "seed", "wall_s", "best_val", "best_test",
+               "epsilon", "trial", "client_rounds", "rounds", "central_val"]
+
+
+def save_raw(results: list[dict], path: Path) -> None:
+    """Every study's trials (client-rounds, rounds, validation accuracy per round)."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(RAW_COLUMNS)
+        for r in results:
+            for index, t in enumerate(r["trials"]):
+                writer.writerow([r["dataset"], r["arm"], r["evaluation"], r["seed"],
+                                 round(r["wall_s"], 1), r["best_val"], r["best_test"],
+                                 r["epsilon"], index, t["client_rounds"], t["rounds"],
+                                 json.dumps([round(v, 6) for v in t["central_val"]])])
+
+
+def load_raw(path: Path) -> list[dict]:
+    """The studies saved by :func:`save_raw`, in file order."""
+    if not path.is_file():
+        raise SystemExit(f"--reanalyse needs {path}: run `nox -s study` first")
+    studies: dict[tuple, dict] = {}
+
+    def number(text: str) -> float | None:
+        return float(text) if text not in ("", "None") else None
+
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            key = (row["dataset"], row["arm"], row["evaluation"], int(row["seed"]))
+            study = studies.setdefault(key, {
+                "dataset": key[0], "arm": key[1], "evaluation": key[2], "seed": key[3],
+                "wall_s": float(row["wall_s"]), "best_val": number(row["best_val"]),
+                "best_test": number(row["best_test"]), "epsilon": number(row["epsilon"]),
+                "trials": []})
+            study["trials"].append({"client_rounds": float(row["client_rounds"]),
+                                    "rounds": int(row["rounds"]),
+                                    "central_val": json.loads(row["central_val"])})
+    return list(studies.values())
+
+
+# -- targets: fixed from the 2×2 studies before any arm is compared -----------------------
+def fix_targets(results: list[dict], fractions: list[float]) -> dict:
+    """Targets per dataset and fraction from the exact-evaluation 2×2 studies only."""
+    targets = {}
+    for dataset in DATASETS:
+        best = max((max(t["central_val"], default=0.0) for r in results
+                    if r["dataset"] == dataset and r["evaluation"] == EXACT
+                    for t in r["trials"]), default=0.0)
+        targets[dataset] = {str(f): round(f * best, 4) for f in fractions}
+    return {"fixed_on": dt.date.today().isoformat(),
+            "rule": "fraction × the best server-held validation accuracy reached by any "
+                    "trial of the dataset's 2×2 studies (sampler × pruner, exact "
+                    "evaluation; all arms pooled, the ablation excluded), computed before "
+                    "any arm's client-rounds to target were",
+            "targets": targets}
+
+
+def load_targets(results: list[dict], args) -> dict:
+    """The fixed targets; fixed now (and written) only with ``--fix-targets`` or none yet."""
+    if TARGETS.is_file() and not args.fix_targets:
+        return json.loads(TARGETS.read_text())
+    fixed = fix_targets(results, args.target_fractions)
+    if not args.no_write:
+        TARGETS.write_text(json.dumps(fixed, indent=2) + "\n")
+    return fixed
+
+
+# -- analysis -----------------------------------------------------------------------------
 def to_target(trials: list[dict], target: float) -> int | None:
-    """Client-rounds spent until a round of a trial first reaches ``target``."""
-    spent = 0
+    """Client-rounds spent until a round of a trial first reaches ``target`` (None: never)."""
+    spent = 0.0
     for t in trials:
         per_round = t["client_rounds"] / t["rounds"] if t["rounds"] else 0
         for index, accuracy in enumerate(t["central_val"], 1):
@@ -121,6 +199,23 @@ def to_target(trials: list[dict], target: float) -> int | None:
     return None
 
 
+def ratio_interval(base: int | None, arm: int | None, budget: int) -> tuple[float, float]:
+    """Bounds of (baseline's client-rounds / arm's); a censored study took more than B."""
+    if base is not None and arm is not None:
+        return base / arm, base / arm
+    if base is None and arm is not None:
+        return budget / arm, math.inf
+    if base is not None:
+        return 0.0, base / budget
+    return 0.0, math.inf
+
+
+def median_interval(intervals: list[tuple[float, float]]) -> tuple[float, float]:
+    """Bounds of the median: the median of the lower and of the upper bounds."""
+    return (statistics.median(lo for lo, _ in intervals),
+            statistics.median(hi for _, hi in intervals))
+
+
 def quartiles(values: list[float]) -> tuple[float, float, float]:
     if len(values) < 2:
         return (values[0],) * 3 if values else (float("nan"),) * 3
@@ -128,34 +223,29 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, median, q3
 
 
-def analyse(results: list[dict], args, fraction: float) -> dict:
-    """Targets, per-seed client-rounds to target, ratios against random in the same mode."""
-    targets = {}
-    for dataset in DATASETS:
-        reached = [max((max(t["central_val"], default=0) for t in r["trials"]), default=0)
-                   for r in results if r["dataset"] == dataset]
-        targets[dataset] = round(fraction * max(reached), 4)
+def analyse(results: list[dict], args, fraction: float, targets: dict) -> dict:
+    """Per-seed client-rounds to the fixed target; ratio bounds against random, same mode."""
+    target = {d: targets["targets"][d][str(fraction)] for d in DATASETS}
     by_cell: dict[tuple, dict[int, dict]] = {}
-    results = [dict(r) for r in results]
-    for r in results:
-        r["to_target"] = to_target(r["trials"], targets[r["dataset"]])
+    for r in (dict(r) for r in results):
+        r["to_target"] = to_target(r["trials"], target[r["dataset"]])
         by_cell.setdefault((r["dataset"], r["evaluation"], r["arm"]), {})[r["seed"]] = r
     cells = {}
     for (dataset, evaluation, arm), by_seed in by_cell.items():
         base = by_cell[(dataset, evaluation, BASELINE)]
-        # Not reached within the budget: counted as the budget (so a ratio is a bound).
-        ratios = {seed: (base[seed]["to_target"] or args.budget) / (r["to_target"] or args.budget)
-                  for seed, r in by_seed.items()}
+        intervals = {seed: ratio_interval(base[seed]["to_target"], r["to_target"],
+                                          args.budget) for seed, r in by_seed.items()}
         tests = [r["best_test"] for r in by_seed.values() if r["best_test"] is not None]
         cells[(dataset, evaluation, arm)] = {
-            "by_seed": by_seed, "ratios": ratios, "ratio_q": quartiles(list(ratios.values())),
-            "test_q": quartiles(tests),
+            "by_seed": by_seed, "intervals": intervals,
+            "median": median_interval(list(intervals.values())), "test_q": quartiles(tests),
             "reached": sum(r["to_target"] is not None for r in by_seed.values())}
-    return {"targets": targets, "cells": cells, "fraction": fraction}
+    return {"targets": target, "cells": cells, "fraction": fraction,
+            "fixed_on": targets["fixed_on"]}
 
 
 def jobs_for(args, out: Path) -> list[tuple]:
-    jobs = [(d, a, "exact central", s) for d in DATASETS for a in ARMS for s in args.seeds]
+    jobs = [(d, a, EXACT, s) for d in DATASETS for a in ARMS for s in args.seeds]
     if not args.skip_ablation:
         jobs += [(ABLATION_DATASET, a, e, s) for e in list(EVALUATIONS)[1:]
                  for a in ABLATION_ARMS for s in args.seeds]
@@ -166,34 +256,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--budget", type=int, default=2700,
-                        help="client-rounds per study (30 full trials of 9 rounds × 10 "
-                             "clients: TPE leaves its 10 random start-up trials)")
+                        help="client-rounds per study, training and evaluation (30 full "
+                             "trials of 9 rounds × 10 clients)")
     parser.add_argument("--rounds", type=int, default=9, help="rounds of a full trial")
     parser.add_argument("--target-fractions", type=float, nargs="+", default=[0.97, 0.93],
-                        help="targets as fractions of the best validation accuracy reached")
+                        help="targets as fractions of the best validation accuracy of the "
+                             "2×2 studies (used with --fix-targets or when none are fixed)")
+    parser.add_argument("--fix-targets", action="store_true",
+                        help="fix the targets anew from this run's 2×2 studies")
     parser.add_argument("--jobs", type=int, default=2, help="studies run at once")
     parser.add_argument("--skip-ablation", action="store_true")
     parser.add_argument("--reanalyse", action="store_true",
-                        help="analyse the studies of the last run again (nothing is run)")
+                        help=f"analyse {RAW.name} again (nothing is run)")
     parser.add_argument("--no-write", action="store_true",
                         help="write nothing (studies go to a temporary directory)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) if args.no_write else ROOT / "benchmarks" / "out" / "study"
-        jobs = jobs_for(args, out)
         started = time.perf_counter()
         if args.reanalyse:
-            walls = json.loads((out / "comparison.json").read_text())
-            total = walls["total_s"]
-            results = [collect(job, Path(job[-1]["output_dir"]) / "s", wall)
-                       for job, wall in zip(jobs, walls["wall_s"], strict=True)]
+            results = load_raw(RAW)
         else:
-            results = run_all(jobs, args, out)
-            total = time.perf_counter() - started
-        analyses = [analyse(results, args, f) for f in args.target_fractions]
+            results = run_all(jobs_for(args, out), args, out)
+            if not args.no_write:
+                save_raw(results, RAW)
+        total = sum(r["wall_s"] for r in results) / args.jobs if args.reanalyse else \
+            time.perf_counter() - started
+        targets = load_targets(results, args)  # fixed before any ratio is computed
+        fractions = sorted((float(f) for f in next(iter(targets["targets"].values()))),
+                           reverse=True)
+        analyses = [analyse(results, args, f, targets) for f in fractions]
         if not args.no_write:
-            (out / "comparison.json").write_text(json.dumps(
-                {"total_s": total, "wall_s": [r["wall_s"] for r in results]}) + "\n")
             plot(results, analyses[0], ROOT / "docs" / "study_comparison.png")
         write(analyses, args, total, write_file=not args.no_write)
 
@@ -214,36 +307,66 @@ def run_all(jobs: list[tuple], args, out: Path) -> list[dict]:
     return results
 
 
-def _cell_line(label: str, cell: dict, budget: int) -> str:
+# -- RESULTS.md ---------------------------------------------------------------------------
+def _bound(interval: tuple[float, float]) -> str:
+    lo, hi = interval
+    if lo == hi:
+        return f"{lo:.2f}"
+    if math.isinf(hi):
+        return "unknown" if lo == 0 else f"≥ {lo:.2f}"
+    return f"≤ {hi:.2f}"
+
+
+def _cell_line(label: str, cell: dict, budget: int, baseline: bool) -> str:
     seeds = sorted(cell["by_seed"])
     per_seed = ", ".join(
         f"{cell['by_seed'][k]['to_target'] or f'>{budget}'}" for k in seeds)
-    ratios = ", ".join(f"{cell['ratios'][k]:.2f}" for k in seeds)
-    q1, med, q3 = cell["ratio_q"]
+    if baseline:
+        ratios, median = "—", "—"
+    else:
+        ratios = ", ".join(_bound(cell["intervals"][k]) for k in seeds)
+        lo, hi = cell["median"]
+        median = f"{lo:.2f}×" if lo == hi else (
+            f"[{lo:.2f}, {'∞' if math.isinf(hi) else f'{hi:.2f}'}] (censored)")
     t1, tmed, t3 = cell["test_q"]
-    return (f"| {label} | {per_seed} | {ratios} | **{med:.2f}×** [{q1:.2f}, {q3:.2f}] | "
-            f"{cell['reached']}/{len(seeds)} | {tmed:.4f} [{t1:.4f}, {t3:.4f}] |")
+    return (f"| {label} | {cell['reached']}/{len(seeds)} | {per_seed} | {ratios} | {median} "
+            f"| {tmed:.4f} [{t1:.4f}, {t3:.4f}] |")
 
 
-HEADER = ["| arm | client-rounds to target, per seed | ratio random / arm, per seed | "
-          "median ratio [IQR] | seeds reaching target | test acc. of best (median [IQR]) |",
+HEADER = ["| arm | seeds reaching target | client-rounds to target, per seed | "
+          "ratio random / arm, per seed | median ratio (bounds if censored) | "
+          "test acc. of best (median [IQR]) |",
           "|---|---|---|---|---|---|"]
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def write(analyses: list[dict], args, total: float, *, write_file: bool) -> None:
     """The RESULTS.md section (printed; written unless ``--no-write``)."""
     lines = [
         "## Federated HPO comparison", "",
-        f"`nox -s study` on {dt.date.today()}: {os.cpu_count()} cores, {args.jobs} studies "
-        f"at a time, {total / 60:.1f} min in all. Space and experiment: "
+        f"`nox -s study` on {dt.date.today()}: {_cpu()}, {os.cpu_count()} cores, "
+        f"{args.jobs} studies at a time, {total / 60:.1f} min in all. Space and experiment: "
         f"`configs/search_digits.toml` ({args.rounds} rounds per full trial, Hyperband "
-        f"η = 3), budget {args.budget} client-rounds per study, seeds {args.seeds}. "
-        "Target = a fraction of the best validation accuracy any study of the dataset "
-        "reached (fixed before arms are compared; two fractions shown). Client-rounds to "
-        "target are counted on the exact server-held validation set; `>B` = not reached "
-        "within the budget B (the ratio then uses B, so it is a bound). Test accuracy: the "
+        f"η = 3), budget {args.budget} client-rounds per study (training and federated "
+        f"evaluation), seeds {args.seeds} (each seed sets the experiment's data split, "
+        "initial model and client sampling and the tuner's seed). Targets fixed on "
+        f"{analyses[0]['fixed_on']} (`benchmarks/study_targets.json`) from the 2×2 studies "
+        "alone, before any arm was compared. Client-rounds to target are counted on the "
+        "exact server-held validation set; `>B` = not reached within the budget B "
+        "(censored): a ratio with a censored study is a bound (≥, ≤, or unknown when "
+        "both are censored), and the median is then an interval. Test accuracy: the "
         "global test set, of the trial each study selected on validation (the same for "
-        "every target).", ""]
+        "every target). Raw per-trial outputs: `benchmarks/study_results.csv` "
+        "(`--reanalyse`).", ""]
     for analysis in analyses:
         lines += _tables(analysis, args)
     lines += ["![comparison](../docs/study_comparison.png)", ""]
@@ -261,8 +384,9 @@ def _tables(analysis: dict, args) -> list[str]:
     for dataset in DATASETS:
         lines += [f"### {dataset}, target {fraction} × best = {targets[dataset]:.4f}: "
                   "sampler × pruner (exact centralized validation)", "", *HEADER]
-        lines += [_cell_line(arm, cells[(dataset, "exact central", arm)], args.budget)
-                  for arm in ARMS if (dataset, "exact central", arm) in cells]
+        lines += [_cell_line(arm, cells[(dataset, EXACT, arm)], args.budget,
+                             arm == BASELINE)
+                  for arm in ARMS if (dataset, EXACT, arm) in cells]
         lines.append("")
     ablation = [(e, a) for e in EVALUATIONS for a in ABLATION_ARMS
                 if (ABLATION_DATASET, e, a) in cells]
@@ -270,15 +394,15 @@ def _tables(analysis: dict, args) -> list[str]:
         lines += [f"### {ABLATION_DATASET}, target {targets[ABLATION_DATASET]:.4f}: noisy "
                   "evaluation (Kuo et al. 2023)", "",
                   "What the tuner scores: exact server-held validation, federated "
-                  "validation on a seeded 20% of the clients, or that with Gaussian noise "
-                  f"(z = {NOISE:g}) on the aggregated counts. Ratio = random / TPE+HB in the "
-                  "same mode.", "", *HEADER]
+                  "validation on 20% of the clients drawn anew for each trial, or that with "
+                  f"Gaussian noise (z = {NOISE:g}) on the aggregated counts. Ratio = "
+                  "random / arm in the same mode.", "", *HEADER]
         for evaluation, arm in ablation:
             cell = cells[(ABLATION_DATASET, evaluation, arm)]
             eps = [r["epsilon"] for r in cell["by_seed"].values() if r["epsilon"]]
             label = f"{arm} [{evaluation}]" + (
                 f" (search ε median {statistics.median(eps):.2f})" if eps else "")
-            lines.append(_cell_line(label, cell, args.budget))
+            lines.append(_cell_line(label, cell, args.budget, arm == BASELINE))
         lines.append("")
     return lines
 
@@ -294,7 +418,7 @@ def plot(results: list[dict], analysis: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(DATASETS), figsize=(6 * len(DATASETS), 4.2))
     for ax, dataset in zip(axes, DATASETS, strict=True):
         for r in results:
-            if r["dataset"] != dataset or r["evaluation"] != "exact central":
+            if r["dataset"] != dataset or r["evaluation"] != EXACT:
                 continue
             xs, ys, spent, best = [0], [0.0], 0.0, 0.0
             for t in r["trials"]:
