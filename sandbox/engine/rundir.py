@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sandbox.core.errors import SandboxError
+from sandbox.core.privacy import PrivacyLedger
 from sandbox.core.privacy.assumptions import accounting_assumptions, epsilon_caveats
 from sandbox.core.results import (
     METRIC_COLUMNS,
@@ -44,7 +45,6 @@ from sandbox.engine.recorder import RunRecord
 if TYPE_CHECKING:
     from sandbox.core.config import Config
     from sandbox.core.data import FederatedData
-    from sandbox.core.privacy import PrivacyLedger
 
 
 #: Suffixes a results directory can end with; ``""`` is a finished run.
@@ -130,7 +130,7 @@ class RunDirectory:
         (self.path / "config.toml").write_text(cfg.to_toml())
         self.write_json("metrics.json", rows)
         if ledger is not None:
-            ledger.save(self.path / "ledger.json")
+            PrivacyLedger.for_config(cfg, ledger.mechanisms).save(self.path / "ledger.json")
         self.write_json("run.json", {
             **run_header(cfg), "rounds_completed": rows[-1]["round"] if rows else None,
             "stop_reason": reason.value, "error": f"{type(exc).__name__}: {exc}",
@@ -147,8 +147,13 @@ class RunDirectory:
 
 
 def privacy_report(cfg: Config, record: RunRecord, audits: dict) -> dict:
-    """Contents of ``privacy.json``."""
-    ledger = record.ledger
+    """Contents of ``privacy.json``.
+
+    The saved ledger records the run's noise source and sampling on every mechanism
+    (:meth:`PrivacyLedger.for_config`), so a later composition with other runs can tell
+    whether its ε is an upper bound.
+    """
+    ledger = PrivacyLedger.for_config(cfg, record.ledger.mechanisms)
     return {
         "sample_dp": cfg.privacy.sample.enabled,
         "client_dp": cfg.privacy.client.mode,
