@@ -215,13 +215,16 @@ def print_summary(cfg, result) -> None:
                       f"test {best['central_test_accuracy']:.4f}")
     if result.epsilon is not None:
         table.add_row(f"ε at δ={cfg.privacy.delta:g} ({cfg.privacy.accountant})",
-                      f"{result.epsilon:.4g}")
+                      f"{result.epsilon:.4g}" if result.epsilon_upper_bound
+                      else f"{result.epsilon:.4g} (not an upper bound)")
     table.add_row("stopped", result.stop_reason.value if result.stopped_early is None
                   else f"{result.stop_reason.value}: {result.stopped_early.reason}")
     table.add_row("wall time (s)", f"{result.wall_s:.1f}")
     table.add_row("config hash", result.config_hash)
     table.add_row("run directory", str(result.run_dir))
     Console().print(table)
+    for caveat in result.epsilon_caveats:  # whole lines: a table cell would wrap them
+        print(f"ε is not an upper bound: {caveat}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from typing import Any
 from sandbox.core.errors import SandboxError
 from sandbox.engine.checkpoint import checkpoint_round
 
+#: Marks an ε that is not an upper bound (seeded noise, non-Poisson batches).
+NOT_A_BOUND = "*"
 _SUFFIX_STATE = {".failed": "failed", ".pruned": "pruned", ".interrupted": "interrupted",
                  ".partial": "incomplete"}
 
@@ -30,6 +32,7 @@ class Entry:
     val_accuracy: float | None = None
     test_accuracy: float | None = None
     epsilon: float | None = None
+    epsilon_upper_bound: bool = True
 
 
 def list_results(directory: str | Path) -> list[Entry]:
@@ -50,7 +53,7 @@ def _entry(path: Path) -> Entry:
         return Entry(path.name, "run", info.get("stop_reason", state),
                      info.get("rounds_completed", final.get("round")),
                      final.get("central_val_accuracy"), final.get("central_test_accuracy"),
-                     info.get("epsilon"))
+                     info.get("epsilon"), _upper_bound(info))
     if (path / "sweep.json").is_file() or (path / "runs").is_dir():
         return Entry(path.name, "sweep", state)
     if (path / "summary.json").is_file() or any(path.glob("study.*")):
@@ -60,6 +63,12 @@ def _entry(path: Path) -> Entry:
                      best.get("validation_accuracy"), best.get("test_accuracy"))
     kind = "run" if (path / "config.toml").is_file() else "other"
     return Entry(path.name, kind, state, checkpoint_round(path))  # killed: resumable?
+
+
+def _upper_bound(info: dict[str, Any]) -> bool:
+    """Whether run.json's ε (if any) is an upper bound; runs written before
+    ``epsilon_upper_bound`` existed drew seeded noise by default, so they count as not."""
+    return info.get("epsilon") is None or info.get("epsilon_upper_bound") is True
 
 
 def _read_json(path: Path) -> Any:
@@ -79,7 +88,13 @@ def format_listing(entries: list[Entry]) -> str:
 
     header = ("state", "kind", "rounds", "val acc", "test acc", "ε", "name")
     rows = [(e.state, e.kind, num(e.rounds, "d"), num(e.val_accuracy, ".4f"),
-             num(e.test_accuracy, ".4f"), num(e.epsilon, ".3g"), e.name) for e in entries]
+             num(e.test_accuracy, ".4f"),
+             num(e.epsilon, ".3g") + ("" if e.epsilon_upper_bound else NOT_A_BOUND), e.name)
+            for e in entries]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True))
-                     + "  " + r[-1] for r in [header, *rows])
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True))
+             + "  " + r[-1] for r in [header, *rows]]
+    if not all(e.epsilon_upper_bound for e in entries):
+        lines.append(f"{NOT_A_BOUND} ε is not an upper bound: the run's run.json says why "
+                     "(epsilon_caveats; older runs without it drew seeded noise by default)")
+    return "\n".join(lines)

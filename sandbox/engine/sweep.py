@@ -7,7 +7,9 @@ first run starts. Results go to ``<output.dir>/<name>-<stamp>/`` (written as
 
     sweep.csv / sweep.json   one row per run: swept values, final validation and test
                              accuracy, the best round chosen by validation accuracy with
-                             its validation and test accuracy, ε
+                             its validation and test accuracy, ε, whether that ε is an
+                             upper bound (``epsilon_upper_bound``) and why not
+                             (``epsilon_caveats``, e.g. ``privacy.noise = 'seeded'``)
     utility_privacy.png      final test accuracy against ε, one line per framework
                              (when the sweep varies a DP setting)
     runs/                    every run's own results directory
@@ -98,7 +100,8 @@ def run_sweep(path: str | Path, overrides: dict[str, Any] | None = None,
                 update={"dir": str(work / "runs"), "progress": not quiet})})
             result = run(cfg)
             rows.append(_row(combo, cfg, result))
-            eps = "no DP" if result.epsilon is None else f"{result.epsilon:.3g}"
+            eps = "no DP" if result.epsilon is None else f"{result.epsilon:.3g}" + (
+                "" if result.epsilon_upper_bound else " (not an upper bound)")
             print(f"[{index}/{len(runs)}] {_describe(combo)}: val accuracy "
                   f"{rows[-1]['final_val_accuracy']:.3f}, test accuracy "
                   f"{rows[-1]['final_test_accuracy']:.3f}, ε {eps}", flush=True)
@@ -131,6 +134,8 @@ def _row(combo: dict[str, Any], cfg: Config, result: RunResult) -> dict[str, Any
         "best_round_val_accuracy": best["central_val_accuracy"],
         "best_round_test_accuracy": best["central_test_accuracy"],
         "epsilon": result.epsilon,
+        "epsilon_upper_bound": None if result.epsilon is None else result.epsilon_upper_bound,
+        "epsilon_caveats": "; ".join(result.epsilon_caveats),
         "stop_reason": result.stop_reason.value,
         "rounds_completed": result.rounds[-1]["round"],
         "wall_s": result.wall_s,

@@ -2,7 +2,9 @@
 
 Every ε the ledger prints is computed for the Poisson-subsampled Gaussian mechanism
 (:mod:`sandbox.core.privacy.accounting`). This module says, for a given config, which
-accountant that was and whether the sampling the run actually performed matches it.
+accountant that was, whether the sampling the run actually performed matches it, and
+whether noise and samples were secret and fresh (``privacy.noise``): with seeded noise
+no ε is an upper bound (:func:`epsilon_caveats`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,26 @@ _ACCOUNTANTS = {
 }
 
 
+_NOISE_SOURCES = {
+    "secure": ("privacy.noise = 'secure': DP-SGD noise and batches, the server's noise and "
+               "the Poisson client sample of client-level DP drawn fresh from the OS's "
+               "CSPRNG (os.urandom) in every run: independent across runs, not reproducible"),
+    "seeded": ("privacy.noise = 'seeded': drawn from generators seeded by the run's seed, "
+               "reproducible bit for bit but NOT PRIVATE: whoever knows the seed can "
+               "subtract the noise and rebuild the samples, and runs of one seed share "
+               "them, so ε is not an upper bound"),
+}
+
+
 def accounting_assumptions(cfg: Config) -> dict[str, str | bool]:
-    """The accountant, the sampling each DP mechanism performs, and the noise source."""
+    """The accountant, the sampling each DP mechanism performs, and the noise source.
+
+    ``sample_level_upper_bound`` / ``client_level_upper_bound``: whether that scope's ε
+    is a proven upper bound for what the run did (the sampling is the Poisson sampling
+    the accountant assumes, and noise and sample are secret from whoever knows the seed).
+    """
     sample, client = cfg.privacy.sample, cfg.privacy.client
+    secure = cfg.privacy.noise == "secure"
     out: dict[str, str | bool] = {"accountant": _ACCOUNTANTS[cfg.privacy.accountant]}
     if sample.enabled:
         out["sample_level_sampling"] = (
@@ -33,16 +52,12 @@ def accounting_assumptions(cfg: Config) -> dict[str, str | bool]:
             "q = batch_size / n (the sampling the accountant assumes)" if sample.poisson else
             "shuffled fixed-size batches, accounted as if Poisson with q = batch_size / n: "
             "an approximation, not a proven upper bound for this sampling")
-        out["sample_level_upper_bound"] = sample.poisson
+        out["sample_level_upper_bound"] = sample.poisson and secure
     if client.mode != "off":
         out.update(_client_level(cfg))
-    if sample.enabled or client.mode != "off":
-        out["noise_source"] = (
-            "OS CSPRNG (os.urandom) / Opacus secure_mode for the noise (and the Poisson "
-            "client sample of client-level DP): not reproducible"
-            if cfg.privacy.secure_rng else
-            "seeded generators: reproducible from the run's seed, which suits research but "
-            "is not a guarantee against anyone who knows the seed")
+        out["client_level_upper_bound"] = secure
+    if cfg.privacy.any_dp:
+        out["noise_source"] = _NOISE_SOURCES[cfg.privacy.noise]
     return out
 
 
@@ -74,7 +89,6 @@ def _client_level(cfg: Config) -> dict[str, str | bool]:
         "the number varies and may be 0), the sampling the accountant assumes")
     return {
         "client_level_sampling": sampling,
-        "client_level_upper_bound": True,
         "client_level_adjacency": (
             "add/remove one client with all of its data; the update sum is divided by the "
             "constant qN (McMahan et al. 2018), each round releases the model even when "
