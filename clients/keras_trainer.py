@@ -8,10 +8,11 @@ from one batched backward pass (``clients.keras_dp``, the layer-wise trick Opacu
 each example's gradient is clipped to global L2 norm
 ``max_grad_norm``, the clipped gradients are summed, Gaussian noise of std
 ``noise_multiplier * max_grad_norm`` is added and the sum is divided by the expected batch
-size. The noise is drawn inside the loop (``tf.random.stateless_normal``, seeded per step),
-or, with ``privacy.secure_rng``, drawn beforehand from :func:`os.urandom`
-(:func:`sandbox.core.privacy.noise.gaussian`) and fed to the loop one row per step. Accounting
-uses the same Opacus accountant as torch clients (``clients.dp``).
+size. With ``privacy.noise = "secure"`` (the default) the noise is drawn beforehand from
+:func:`os.urandom` (:func:`sandbox.core.privacy.noise.gaussian`) and fed to the loop one row
+per step; with ``"seeded"`` it is drawn inside the loop (``tf.random.stateless_normal``,
+seeded per step). Accounting uses the same Opacus accountant as torch clients
+(``clients.dp``).
 
 Schedule rows may be padded with :data:`clients.schedule.PAD` (the partial last batch of
 an epoch, Poisson batches): padded entries are gathered at a safe index and weighted 0,

@@ -25,9 +25,10 @@ PAD = -1
 class SecureRandom:
     """The draws a schedule needs (``random``, ``permutation``) from :func:`os.urandom`.
 
-    Stands in for the seeded ``numpy.random.Generator`` under ``privacy.secure_rng``, so
-    which examples a DP-SGD batch holds cannot be reconstructed from the run's seed: the
-    amplification by sampling that the accountant credits assumes the batches are secret.
+    Stands in for the seeded ``numpy.random.Generator`` under ``privacy.noise = "secure"``
+    (the default), so which examples a DP-SGD batch holds cannot be reconstructed from the
+    run's seed and differs between runs: the amplification by sampling that the
+    accountant credits assumes the batches are secret.
     """
 
     def random(self, shape: tuple[int, ...]) -> np.ndarray:
@@ -50,7 +51,7 @@ def client_randomness(
     """Batch-order source and framework seed (dropout) for one client in one round.
 
     Derived from (run seed, round, partition id) only, so it does not depend on message
-    delivery order or on the backend. ``secure`` (``privacy.secure_rng`` with DP-SGD)
+    delivery order or on the backend. ``secure`` (DP-SGD with ``privacy.noise = "secure"``)
     replaces the batch-order generator by :class:`SecureRandom`; the framework seed
     stays seed-derived (dropout masks are not a privacy mechanism).
     """

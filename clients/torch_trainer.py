@@ -6,9 +6,9 @@ the expected batch size) wrapped around a fresh optimizer each round. Batches co
 the framework-neutral Poisson schedule (:func:`clients.schedule.poisson_schedule`) instead
 of Opacus' ``DPDataLoader``, so torch and Keras clients draw identical batches; the
 accountant lives with the client's node state (``clients.dp``), not in a
-``PrivacyEngine`` that would be rebuilt every round. The noise comes from a torch
-generator seeded per client and round, or from :func:`os.urandom` with
-``privacy.secure_rng`` (:func:`_dp_optimizer`).
+``PrivacyEngine`` that would be rebuilt every round. The noise comes from
+:func:`os.urandom` (``privacy.noise = "secure"``, the default), or from a torch generator
+seeded per client and round (``"seeded"``; :func:`_dp_optimizer`).
 
 Inputs arrive channels-last (the canonical data layout); the module moves channels first
 for its convolutions and back to channels-last before flattening, so the flattened

@@ -42,9 +42,10 @@ class Trainer(Protocol):
         With ``dp``, each step is a DP-SGD step: per-example gradients clipped to
         ``dp.max_grad_norm``, summed, Gaussian noise of std ``noise_multiplier *
         max_grad_norm`` added, divided by ``dp.expected_batch`` whatever the row's size
-        (an empty row is a noise-only step). The noise is seeded by ``seed``, or, with
-        ``secure_rng``, drawn from the OS's CSPRNG and not reproducible
-        (``privacy.secure_rng``; ignored without ``dp``).
+        (an empty row is a noise-only step). With ``secure_rng`` (``privacy.noise =
+        "secure"``, the default) the noise comes fresh from the OS's CSPRNG and is not
+        reproducible; without it, it is seeded by ``seed`` (``privacy.noise = "seeded"``:
+        reproducible, not private). Ignored without ``dp``.
         """
         ...
 

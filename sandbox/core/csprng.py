@@ -1,6 +1,7 @@
 """Uniform draws from the operating system's CSPRNG (:func:`os.urandom`).
 
-The one source of unpredictable randomness for ``privacy.secure_rng``: secure noise
+The one source of unpredictable randomness for ``privacy.noise = "secure"`` (the
+default): fresh in every run, so no two runs share noise or samples. Secure noise
 (:mod:`sandbox.core.privacy.noise`), secret client samples (:mod:`sandbox.core.sampling`)
 and secret DP-SGD batches (``clients.schedule.SecureRandom``).
 """

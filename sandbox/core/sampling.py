@@ -91,9 +91,9 @@ def poisson_clients_for_round(seed: int, server_round: int, purpose: str,
     rate : float
         Inclusion probability q in [0, 1] (``federation.fraction_train``).
     secure : bool
-        Draw from :func:`os.urandom` instead (``privacy.secure_rng``): amplification by
-        sampling needs the sample to be secret, also from whoever knows the seed. Not
-        reproducible.
+        Draw from :func:`os.urandom` instead (``privacy.noise = "secure"``, the default):
+        amplification by sampling needs the sample to be secret, also from whoever knows
+        the seed, and fresh in every run. Not reproducible.
 
     References
     ----------

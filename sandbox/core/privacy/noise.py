@@ -1,15 +1,19 @@
-"""DP randomness: from a seeded generator, or from the OS's CSPRNG (``privacy.secure_rng``).
+"""DP randomness: from the OS's CSPRNG (``privacy.noise = "secure"``) or a seeded generator.
 
-``privacy.secure_rng = false`` (default): noise comes from ``numpy.random.Generator``
-objects seeded from the run's seed, so a run is reproducible bit for bit, and anyone who
-knows the seed can subtract the noise. ``privacy.secure_rng = true``: uniform bits come
-from :func:`os.urandom` (:func:`sandbox.core.csprng.secure_uniform`) and become normal
+``privacy.noise = "secure"`` (default): uniform bits come fresh from :func:`os.urandom`
+in every run (:func:`sandbox.core.csprng.secure_uniform`) and become normal
 variates by the Box-Muller transform (Box & Muller 1958), vectorized; each secure noise
 value is the sum of four such draws halved (again N(0, std²)), which fills the gaps in
 the set of floating-point values one sampler can output: the mitigation of Holohan &
 Braghin (2021, "Secure random sampling in differential privacy") that Opacus'
 ``secure_mode`` uses against the attacks of Jin et al. (2022). No formal floating-point
 analysis (Mironov 2012) is claimed.
+
+``privacy.noise = "seeded"``: noise comes from ``numpy.random.Generator`` objects seeded
+from the run's seed, so a run is reproducible bit for bit, but NOT PRIVATE: anyone who
+knows the seed can subtract the noise, and two runs of one seed carry the same noise (the
+difference of their releases is noise-free), so no ε of such a run, or of a composition
+that includes one, is an upper bound.
 """
 
 from __future__ import annotations
