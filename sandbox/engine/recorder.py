@@ -2,7 +2,11 @@
 
 The ServerApp (:mod:`sandbox.engine.server`) reports to a :class:`RunRecorder`: the
 centralized metrics after round 0 (the initial model) and every round, and the strategy
-when it starts and finishes. A non-finite centralized loss stops the run here
+when it starts and finishes. Besides the metrics, every round's row says who took part
+(:data:`PARTICIPATION_COLUMNS`): the partitions whose training and evaluation replies
+were valid, the validation examples behind ``fed_val_*`` and whether that aggregate was
+weighted by examples, so readers of the rows (the search's objective) never re-derive
+the engine's sampling or sizes. A non-finite centralized loss stops the run here
 (:class:`~sandbox.core.errors.RunDiverged`), then the round callbacks (pruning) run.
 :meth:`RunRecorder.finish` hands what a finished run produced to
 :func:`sandbox.engine.rundir.write_run` as one :class:`RunRecord`.
@@ -37,6 +41,13 @@ if TYPE_CHECKING:
 #: Row column <- metric key in the clients' aggregated replies.
 CLIENT_COLUMNS = {"train_loss": wire.TRAIN_LOSS, "fed_val_loss": wire.EVAL_LOSS,
                   "fed_val_accuracy": wire.EVAL_ACCURACY}
+#: Who took part in a round (``None`` in round 0): ``train_partitions`` and
+#: ``fed_val_partitions`` list the partition ids whose training / evaluation replies were
+#: valid, ``fed_val_examples`` is the sum of their validation examples, and
+#: ``fed_val_weighted`` says whether ``fed_val_*`` weigh each client by its examples
+#: (``False`` under client-level DP, where every client counts once).
+PARTICIPATION_COLUMNS = ["train_partitions", "fed_val_partitions", "fed_val_examples",
+                         "fed_val_weighted"]
 #: TensorBoard tag <- row column, for the centralized metrics.
 CENTRAL_TAGS = {"central/val_accuracy": "central_val_accuracy",
                 "central/val_loss": "central_val_loss",
@@ -135,7 +146,18 @@ class RunRecorder:
         row["evaluate_failures"] = len(failed.get("evaluate", {}))
         row["failures"] = {purpose: {str(pid): why for pid, why in by_pid.items()}
                            for purpose, by_pid in failed.items()} or None
-        return row
+        return row | self._participation(server_round)
+
+    def _participation(self, server_round: int) -> dict[str, Any]:
+        """:data:`PARTICIPATION_COLUMNS` of ``server_round``, from what the strategy saw."""
+        accounted = self.accounted
+        failed = accounted.failures.get(server_round, {}).get("train", {})
+        sampled = accounted.participation.get(server_round, {}).get("train", [])
+        evaluated = accounted.evaluated.get(server_round, {})
+        return {"train_partitions": [pid for pid in sampled if pid not in failed],
+                "fed_val_partitions": sorted(evaluated),
+                "fed_val_examples": sum(evaluated.values()),
+                "fed_val_weighted": _weighted_by(accounted) != wire.UNIT_WEIGHT}
 
     def _announce_failures(self, server_round: int) -> None:
         failed = self.rows[server_round].get("failures")
@@ -201,7 +223,20 @@ class RunRecorder:
 
     def _merged_rows(self) -> list[dict[str, Any]]:
         """Rows per round with every column (None where a round has no value)."""
-        return [{key: None for key in METRIC_COLUMNS} | self.rows[r] for r in sorted(self.rows)]
+        columns = [*METRIC_COLUMNS, *PARTICIPATION_COLUMNS]
+        return [{key: None for key in columns} | self.rows[r] for r in sorted(self.rows)]
+
+
+def _weighted_by(accounted: Accounted) -> str | None:
+    """The reply metric the innermost (registry) strategy weighs client metrics by.
+
+    The wrappers (ledger, client-level DP) delegate aggregation to it; the server chose
+    the key (:func:`sandbox.engine.server.build_accounted_strategy`).
+    """
+    strategy = accounted
+    while not hasattr(strategy, "weighted_by_key") and hasattr(strategy, "strategy"):
+        strategy = strategy.strategy
+    return getattr(strategy, "weighted_by_key", None)
 
 
 def _epsilon_text(metrics: dict[str, float]) -> str:
