@@ -51,7 +51,8 @@ def test_quickstart_loads_with_typed_overrides():
         ({"data.test_fraction": 0.2}, ["data.test_fraction", "renamed to",
                                        "data.client_validation_fraction"]),
         ({"data.validation_fraction": 0.0}, ["data.validation_fraction", "greater than 0"]),
-        ({"privacy.secure_rng": "yes"}, ["privacy.secure_rng", "valid boolean"]),
+        ({"privacy.noise": "yes"}, ["privacy.noise", "'secure'", "'seeded'"]),
+        ({"privacy.secure_rng": True}, ["privacy.secure_rng", "renamed to", "privacy.noise"]),
     ],
 )
 def test_bad_values_name_key_and_allowed(override, must_mention):

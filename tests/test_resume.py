@@ -15,7 +15,8 @@ import sandbox
 from tests.conftest import ROOT
 
 CASES = {
-    "torch-dp": {"framework": "torch", "privacy.sample.enabled": True,
+    # Equal to the uninterrupted run only with reproducible (seeded, not private) noise.
+    "torch-dp": {"framework": "torch", "privacy.sample.enabled": True, "privacy.noise": "seeded",
                  "federation.strategy": "fedadam", "federation.fraction_train": 0.5},
     "keras": {"framework": "keras", "federation.strategy": "fedavgm"},
 }
