@@ -123,8 +123,8 @@ def test_default_runs_never_share_noise_and_seeded_runs_repeat(tmp_path, name):
     """Two runs of one config and seed (the default noise) release models that differ by
     the noise of two independent runs: std sqrt(2) × the stated per-run noise std (2410
     weights: the sample std has relative sd 1.4 %, so 10 % is 7 sd; the data's part of
-    the difference is clipped and measured below 1 % here). Seeded noise would cancel
-    (the audit's 1.2e-8). ``privacy.noise = "seeded"``: the same release twice."""
+    the difference is clipped: measured ratios 0.985 to 1.005). Shared (seeded) noise
+    would cancel: std 0. ``privacy.noise = "seeded"``: the same release twice."""
     framework, mechanism = RUNS[name]
     cfg, first = _final_weights(tmp_path / "a", framework, mechanism)
     _, second = _final_weights(tmp_path / "b", framework, mechanism)
