@@ -22,10 +22,14 @@ for ε to be an upper bound:
    is what the split z_Δ = (z⁻² − (2σ_b)⁻²)^(−½) assumes, and the fraction follows the
    paper's sign (more unclipped updates than the target → smaller norm);
 3. the denominator is qN, a constant, and a round without replies still releases
-   ``current + noise / (qN)``: the output never reveals whether anybody took part.
+   ``current + noise / (qN)``: the output never reveals whether anybody took part. So
+   that nothing after the release reveals it either, the inner strategy runs in every
+   round, empty or not, on one reply carrying the release with unit weight (its server
+   optimizer is then post-processing of the release alone).
 
 The noise comes from numpy generators seeded by (seed, round, purpose), or with
-``secure_rng`` from the OS's CSPRNG (:func:`sandbox.core.privacy.noise.gaussian`).
+``secure_rng`` (``privacy.noise = "secure"``) from the OS's CSPRNG
+(:func:`sandbox.core.privacy.noise.gaussian`).
 """
 
 from __future__ import annotations
@@ -35,13 +39,15 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
 
+from sandbox.core import wire
 from sandbox.core.privacy.noise import gaussian
 from sandbox.core.privacy.plan import ClientDPPlan
+from strategies.sampling import SampledGrid
 
 logger = logging.getLogger(__name__)
 
@@ -50,22 +56,30 @@ logger = logging.getLogger(__name__)
 NOISE_TAG = 0xC11E_D9
 UPDATE_NOISE = 1
 COUNT_NOISE = 2
+# Addressee of the inner strategy's training message in a round that sampled nobody; that
+# message only anchors the release's reply (Message(reply_to=...)) and is never sent.
+NO_NODE = 0
 
 
 class ClientLevelDP(Strategy):
     """Client-level DP (add/remove one client) around a mean-aggregating ``strategy``.
 
     Each round the wrapper computes the DP release
-    ``current + (Σ_i clip(Δ_i, C_t) + N(0, (z_Δ C_t)² I)) / (qN)`` itself and hands every
-    valid reply to ``strategy`` carrying that same release, so the inner mean is the
-    release and anything the inner strategy does after the mean (a server optimizer) is
-    post-processing. With no valid reply the release is returned directly and the inner
-    strategy skips the round (its state, e.g. server momentum, does not move).
+    ``current + (Σ_i clip(Δ_i, C_t) + N(0, (z_Δ C_t)² I)) / (qN)`` itself and hands
+    ``strategy`` one reply carrying the release with weight 1, so the inner mean is the
+    release bit for bit and anything the inner strategy does after the mean (a server
+    optimizer) is post-processing. The inner strategy is configured and aggregates in
+    every round, also when nobody was sampled or every sampled client failed: its
+    output and state (server momentum, Adam moments, its copy of the current model) are
+    the same function of the release whoever took part. Its aggregated training metrics
+    come from the valid replies (they are not covered by ε).
 
     Parameters
     ----------
     strategy : Strategy
-        A mean-aggregating Flower strategy (FedAvg, FedAvgM, FedProx, FedOpt family).
+        A mean-aggregating Flower strategy of the FedAvg family (FedAvg, FedAvgM,
+        FedProx, FedOpt family); its ``weighted_by_key`` and ``train_metrics_aggr_fn``
+        weigh the release's reply and aggregate the clients' training metrics.
     plan : ClientDPPlan
         The mechanism (z, z_Δ, σ_b, initial C, q, N; see
         :func:`sandbox.core.privacy.client_dp_plan`).
@@ -95,6 +109,7 @@ class ClientLevelDP(Strategy):
         self.round_log: list[dict[str, float | int | None]] = []
         self._current = ArrayRecord()
         self._sampled = 0
+        self._instruction: Message | None = None  # this round's message the release answers
 
     def summary(self) -> None:
         logger.info("client-level DP (%s): z=%g, z_update=%g, sigma_count=%g, C0=%g, "
@@ -109,35 +124,46 @@ class ClientLevelDP(Strategy):
         self._current = arrays
         if self.clients_clip:  # read by Flower's fixedclipping_mod / adaptiveclipping_mod
             config[KEY_CLIPPING_NORM] = float(self.clipping_norm)
-        if not list(grid.get_node_ids()):
-            # Poisson sampling chose nobody; Flower's strategies would wait for a node.
-            self._sampled = 0
-            return []
-        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        self._sampled = len(messages)
-        return messages
+        nodes = list(grid.get_node_ids())
+        self._sampled = len(nodes)
+        # The inner strategy is configured in every round (FedOpt keeps the model it is
+        # sent as the base of its next step). Poisson sampling may choose nobody; Flower's
+        # strategies would wait for a node, so they see a placeholder that gets no message.
+        view = grid if nodes else SampledGrid(grid, [NO_NODE])
+        messages = list(self.strategy.configure_train(server_round, arrays, config, view))
+        if not messages:
+            raise ValueError("client-level DP: the inner strategy configured no training "
+                             "message (it must take every node it is shown)")
+        self._instruction = messages[0]
+        return messages if nodes else []
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
         valid = [reply for reply in replies if not reply.has_error()]
         norm = self.clipping_norm  # C_t: bounds this round's sensitivity
         clipped_sum, unclipped = self._clipped_sum(valid, norm)
         update_std = self.plan.update_noise_multiplier * norm
         noise = self._noise(server_round, UPDATE_NOISE, clipped_sum.size, update_std)
-        released = self._release(clipped_sum + noise)
-        if valid:
-            for reply in valid:
-                key = next(iter(reply.content.array_records))
-                reply.content[key] = self._release(clipped_sum + noise)
-            arrays, metrics = self.strategy.aggregate_train(server_round, replies)
-            arrays = released if arrays is None else arrays
-        else:  # nobody (valid) took part: the release is noise only
-            arrays, metrics = released, MetricRecord()
+        # One reply, weight 1, in every round: k copies of the release would average to
+        # other float32 values for other k, and skipping empty rounds would show them.
+        arrays, _ = self.strategy.aggregate_train(
+            server_round, [self._release_reply(self._release(clipped_sum + noise))])
+        self._instruction = None
+        metrics = (self.strategy.train_metrics_aggr_fn(
+            [reply.content for reply in valid], self.strategy.weighted_by_key)
+            if valid else MetricRecord())
         fraction = self._update_norm(server_round, unclipped, len(valid))
         self._log_round(server_round, valid=len(valid), norm=norm, update_std=update_std,
                         fraction=fraction)
         return arrays, metrics
+
+    def _release_reply(self, release: ArrayRecord) -> Message:
+        """A reply to this round's training message carrying ``release`` with weight 1."""
+        if self._instruction is None:
+            raise RuntimeError("client-level DP: aggregate_train before configure_train")
+        weight = MetricRecord({self.strategy.weighted_by_key: 1})
+        return Message(RecordDict({wire.ARRAYS: release, wire.METRICS: weight}),
+                       reply_to=self._instruction)
 
     def _clipped_sum(self, replies: list[Message], norm: float) -> tuple[np.ndarray, int]:
         """Σ clip(reply − current, ``norm``) as one float64 vector; updates at or below it."""

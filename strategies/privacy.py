@@ -164,7 +164,14 @@ class AccountedStrategy(Strategy):
         return failed
 
     def _check_replies(self, server_round: int, valid: int, failed: dict[int, str]) -> None:
-        """Stop the run when failures leave fewer than ``min_train_replies`` replies."""
+        """Stop the run when failures leave fewer than ``min_train_replies`` replies.
+
+        Never under client-level DP: a stop would publish that nobody took part. The round
+        releases noise only (:class:`ClientLevelDP`), its failures stay in
+        :attr:`failures`, and the run goes on.
+        """
+        if self.cfg.privacy.client.mode != "off":
+            return
         sampled = len(self.participation[server_round]["train"])
         needed = min(self.cfg.federation.min_train_replies, sampled)
         if failed and valid < needed:

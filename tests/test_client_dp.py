@@ -160,7 +160,7 @@ def test_fixed_denominator_clipping_and_empty_rounds(small, mode):
     cfg = small(rounds=8, seed=seed, **{
         "data.num_clients": 6, "federation.fraction_train": 0.25,
         "federation.fraction_evaluate": 0.0, "federation.strategy": "fedavgm",
-        "federation.strategy_args": {"server_momentum": 0.0},
+        "federation.strategy_args": {"server_momentum": 0.0}, "privacy.noise": "seeded",
         "privacy.client.mode": mode, "privacy.client.noise_multiplier": 1e-9,
         "privacy.client.clipping_norm": 1.0})
     updates = updates_of_norm([3.0, 3.0, 3.0, 0.5, 0.5, 0.5])
@@ -178,15 +178,15 @@ def test_fixed_denominator_clipping_and_empty_rounds(small, mode):
 
 
 def test_noise_is_seeded_or_secure(small):
-    """Seeded: two runs release the same bytes. secure_rng: different noise, same scale."""
+    """Seeded: two runs release the same bytes. Secure: different noise, same scale."""
     overrides = {"data.num_clients": 4, "federation.fraction_evaluate": 0.0,
                  "privacy.client.mode": "server_fixed", "privacy.client.noise_multiplier": 0.7,
                  "privacy.client.clipping_norm": 0.5}
     updates = updates_of_norm([0.1] * 4)
-    first, again = (run_known_updates(small(rounds=1, **overrides), updates)
-                    for _ in range(2))
+    first, again = (run_known_updates(
+        small(rounds=1, **overrides, **{"privacy.noise": "seeded"}), updates) for _ in range(2))
     assert np.array_equal(first.released[1], again.released[1])
-    secure = run_known_updates(small(rounds=1, **overrides, **{"privacy.secure_rng": True}),
+    secure = run_known_updates(small(rounds=1, **overrides, **{"privacy.noise": "secure"}),
                                updates)
     assert not np.array_equal(first.released[1], secure.released[1])
     noise = added_noise(secure, updates, 1, 4.0)
@@ -252,5 +252,123 @@ def test_client_dp_run_keeps_evaluation_and_accounts_the_sampling_rate(small, mo
     assert {(m["sample_rate"], m["noise_multiplier"]) for m in mechanisms} == {(0.25, 0.5)}
     assert payload["assumptions"]["client_level_upper_bound"] is True
     assert "Poisson" in payload["assumptions"]["client_level_sampling"]
+    # Secure noise (the default) also draws the Poisson sample from the OS, so how many
+    # clients each round had varies from run to run: the records must agree on it.
     chosen = json.loads((result.run_dir / "participation.json").read_text())
-    assert len({len(r["train"]) for r in chosen.values()}) > 1
+    assert [len(chosen[str(t)]["train"]) for t in range(1, 5)] == [
+        row["clients_sampled"] for row in payload["client_dp_rounds"]]
+
+
+# -- (iv) the output never tells who took part: not through the inner strategy, not by a stop ---
+@pytest.mark.parametrize("strategy", ["fedavgm", "fedadam"])
+def test_inner_step_is_a_function_of_the_release_only(strategy):
+    """Clients that send back the model they received add nothing to the clipped sum, so
+    with one seed each round releases the same values whether 0, 1, 2 or 3 clients replied
+    or failed. The inner strategy's model must then be the same bit for bit, round after
+    round (server momentum, Adam moments and its copy of the current model included).
+    Before, an empty round skipped FedAvgM / FedAdam and returned the release itself."""
+    from benchmarks.empty_round_audit import ClientDPDriver, audit_config
+
+    cfg = audit_config(strategy, 4, rounds=6, rate=0.5)
+    start = np.random.default_rng(1).normal(0, 0.1, 64)
+    zero = np.zeros(64)
+    schedules = {"a": [(0, 0), (3, 0), (0, 2), (1, 0), (0, 0), (2, 1)],  # (replies, failures)
+                 "b": [(3, 0), (0, 0), (0, 0), (0, 3), (2, 0), (0, 0)]}
+    models = {}
+    for name, schedule in schedules.items():
+        driver = ClientDPDriver(cfg, seed=5, start=start)
+        models[name] = [driver.round(t, [zero] * replies, failed=failures)
+                        for t, (replies, failures) in enumerate(schedule, 1)]
+    for t, (a, b) in enumerate(zip(models["a"], models["b"], strict=True), 1):
+        assert np.array_equal(a, b), f"round {t}"
+    steps = np.diff([start.astype(np.float32), *models["a"]], axis=0)
+    assert np.all(np.linalg.norm(steps, axis=1) > 0)  # the noise moved the model each round
+
+
+@pytest.mark.parametrize("strategy", ["fedavgm", "fedadam"])
+def test_empty_rounds_step_like_the_others(strategy):
+    """N = 2, q = 0.5 (a quarter of the rounds are empty), 4 seeded runs of 100 rounds with
+    every sampled client sending an update of norm 2C: step norms and cosines of
+    consecutive steps are distributed alike in empty and non-empty rounds (two-sample KS
+    test, p > 1e-3; seeded, so the outcome is fixed). Before, FedAvgM's empty steps had
+    cosine ≈ 0 (≈ 0.9 otherwise) and FedAdam's were ~10× longer: p < 1e-20."""
+    from benchmarks.empty_round_audit import audit_config, run_models, step_features
+
+    cfg = audit_config(strategy, 2, rate=0.5)
+    features: dict[str, list[np.ndarray]] = {}
+    empty = []
+    for seed in range(4):
+        models, counts = run_models(cfg, seed)
+        for name, values in step_features(models).items():
+            features.setdefault(name, []).append(values)
+        empty.append(counts[1:] == 0)  # the features start at round 2
+    empty = np.concatenate(empty)
+    assert 50 < empty.sum() < 150
+    for name, values in features.items():
+        values = np.concatenate(values)
+        p_value = stats.ks_2samp(values[empty], values[~empty]).pvalue
+        assert p_value > 1e-3, (name, p_value)
+
+
+def test_inner_fedavg_publishes_the_release_bit_for_bit():
+    """Three valid replies: the model is the release ``current + (Σ Δ_i + noise) / (qN)``
+    itself. Before, FedAvg averaged three float32 copies of it, which changes about a
+    quarter of the coordinates (and so reveals that three clients took part)."""
+    from benchmarks.empty_round_audit import ClientDPDriver, audit_config
+    from sandbox.core.privacy.noise import gaussian
+    from sandbox.core.privacy.plan import client_dp_plan
+    from strategies.client_dp import NOISE_TAG, UPDATE_NOISE
+
+    size, seed = 4096, 11
+    cfg = audit_config("fedavg", 6, rounds=1, rate=0.5)
+    rng = np.random.default_rng(3)
+    start = rng.normal(0, 0.1, size).astype(np.float32)
+    updates = [rng.normal(0, 1e-3, size) for _ in range(3)]  # norm ≈ 0.06 < C: not clipped
+    model = ClientDPDriver(cfg, seed=seed, start=start).round(1, updates)
+    # the wrapper's arithmetic: float64 differences of the float32 replies, summed in order
+    base, total = start.astype(np.float64), np.zeros(size)
+    for update in updates:
+        total += (start + update.astype(np.float32)).astype(np.float64) - base
+    plan = client_dp_plan(cfg)
+    noise = gaussian(size, plan.update_noise_multiplier * plan.clipping_norm,
+                     rng=np.random.default_rng(np.random.SeedSequence(
+                         [NOISE_TAG, seed, 1, UPDATE_NOISE])))
+    release = (base + (total + noise) / plan.expected_clients).astype(np.float32)
+    assert model.dtype == np.float32
+    assert np.array_equal(model, release)
+    third = 1 / 3  # Flower's float32 weighted mean of three copies, as before
+    mean_of_copies = release * third + release * third + release * third
+    assert np.mean(mean_of_copies != release) > 0.1
+
+
+def test_round_where_every_sampled_client_fails_releases_noise_and_continues(small):
+    """faults.fail_partitions covers one round's whole Poisson sample: under client-level
+    DP that round releases noise only (no valid reply), its failures are counted, and the
+    run goes on (before, ClientsFailed stopped it: a stop tells that nobody took part)."""
+    failing, clients, rate, rounds = [0, 1], range(4), 0.5, 4
+
+    def samples(seed):
+        return [poisson_clients_for_round(seed, t, "train", clients, rate)
+                for t in range(1, rounds + 1)]
+
+    seed = next(s for s in range(200)
+                if any(d and set(d) <= set(failing) for d in samples(s))
+                and any(set(d) - set(failing) for d in samples(s)))
+    cfg = small(rounds=rounds, seed=seed, **{
+        "federation.fraction_train": rate, "federation.fraction_evaluate": 0.0,
+        "faults.fail_partitions": failing, "privacy.noise": "seeded",
+        "privacy.client.mode": "server_fixed", "privacy.client.noise_multiplier": 0.5})
+    result = sandbox.run(cfg)
+    assert len(result.rounds) == rounds + 1
+    payload = json.loads((result.run_dir / "privacy.json").read_text())
+    assert [m["round"] for m in payload["ledger"]["mechanisms"]] == list(range(1, rounds + 1))
+    dp_rounds = {row["round"]: row for row in payload["client_dp_rounds"]}
+    for t, sample in enumerate(samples(seed), 1):
+        row = result.rounds[t]
+        failed = [p for p in sample if p in failing]
+        assert row["train_failures"] == len(failed), t
+        assert dp_rounds[t]["clients_sampled"] == len(sample)
+        assert dp_rounds[t]["valid_replies"] == len(sample) - len(failed)
+        if sample and len(failed) == len(sample):  # the noise-only round
+            assert row["train_loss"] is None
+    assert all(np.isfinite(row["central_val_loss"]) for row in result.rounds)
