@@ -4,13 +4,16 @@ A finished run's directory (written by :mod:`sandbox.engine.rundir`)::
 
     config.toml            resolved config (re-runnable with `fedsandbox run`)
     run.json               name, config hash, seed, versions, wall time, stop reason,
-                           final metrics, ε
+                           final metrics, ε, whether it is an upper bound and why not
+                           (epsilon_upper_bound, epsilon_caveats), noise source
     metrics.json / .csv    one row per round (round 0 = initial model), METRIC_COLUMNS:
                            central_val_* (server-held validation set), fed_val_*
                            (clients' validation splits), central_test_* (global test
                            set, reported only), train_loss, ε so far, client
                            failures (counts and reasons by partition id);
-                           deterministic: same config + seed -> the same bytes
+                           deterministic: same config + seed -> the same bytes (with
+                           DP only under privacy.noise = "seeded": the default draws
+                           fresh noise and samples in every run)
     timings.json           wall seconds per row (row 0: start-up and the initial model's
                            evaluation); the only non-deterministic numbers
     partition_stats.json   samples and label histogram per client
@@ -18,8 +21,10 @@ A finished run's directory (written by :mod:`sandbox.engine.rundir`)::
     partitions.png         the same as stacked bars
     metrics.png            accuracy and loss per round
     weights.npz            final global weights, canonical layout, named arrays
-    privacy.json           ledger (every DP mechanism, ε per scope under RDP and PRV),
-                           clients' own accountant ε, budget stop, audit results
+    privacy.json           ledger (every DP mechanism with its noise source, ε per scope
+                           under RDP and PRV, whether those are upper bounds), what ε
+                           rests on (assumptions), clients' own accountant ε, budget
+                           stop, audit results
     privacy.png            ε per round: median and min-max band over clients, federation
     tensorboard/           scalar event files
 """
