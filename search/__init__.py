@@ -13,6 +13,7 @@ experiment (:mod:`search.objective`); reports are the same for both backends
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +37,23 @@ def run_search(path: str | Path, overrides: dict[str, Any] | None = None, *,
 
     study = Study(path, overrides)
     if study.settings.backend == "kerastuner":
-        from search.optuna_backend import open_study
-        from search.storage import prepare_storage
+        from search.study_store import open_study, prepare_storage
 
         storage = prepare_storage(study, resume=resume)
         optuna_study = open_study(study, create=not resume, storage=storage)
         from search.kerastuner_backend import run_kerastuner
 
-        tuner = run_kerastuner(study, optuna_study, resume=resume)
-        return write_report(study, optuna_study, stop_reason=tuner.stop_reason)
-    from search.optuna_backend import run_optuna
+        stop_reason = run_kerastuner(study, optuna_study, resume=resume)
+    else:
+        from search.optuna_backend import run_optuna
 
-    optuna_study, stop_reason = run_optuna(study, resume=resume, study_path=Path(path),
-                                           overrides=overrides or {})
-    return write_report(study, optuna_study, stop_reason=stop_reason)
+        optuna_study, stop_reason = run_optuna(study, resume=resume, study_path=Path(path),
+                                               overrides=overrides or {})
+    report = write_report(study, optuna_study, stop_reason=stop_reason)
+    best = json.loads((report / "summary.json").read_text())
+    if best["best"] is None:  # the CLI prints the best trial; say why there is none
+        print(f"no best trial: {best['no_best']}")
+    return report
 
 
 __all__ = ["dry_run", "run_search"]

@@ -59,6 +59,7 @@ class StudyConfig(BaseModel):
     hyperband_factor: int = Field(3, ge=2)
     eval_fraction: float = Field(0.0, ge=0, le=1)
     eval_noise_multiplier: float = Field(0.0, ge=0)
+    release: Literal["all", "best_only"] = "all"
 
     @field_validator("name")
     @classmethod
@@ -99,11 +100,17 @@ class StudyConfig(BaseModel):
                     f"study.{key} is a key of backend '{other}' only; backend '{self.backend}' "
                     "does not use it "
                     f"(remove it or set study.backend = '{other}')")
-        if (self.backend == "kerastuner" and self.oracle == "hyperband"
-                and self.trial_distribution == "poisson"):
-            raise ValueError("study.trial_distribution = 'poisson' needs a trial count: "
-                             "KerasTuner's hyperband oracle has none; use oracle 'random' "
-                             "or 'bayesian'")
+        if self.backend == "kerastuner" and self.oracle == "hyperband":
+            if self.trial_distribution == "poisson":
+                raise ValueError("study.trial_distribution = 'poisson' needs a trial count: "
+                                 "KerasTuner's hyperband oracle has none; use oracle "
+                                 "'random' or 'bayesian'")
+            if self.privacy_budget:
+                raise ValueError("study.privacy_budget does not work with KerasTuner's "
+                                 "hyperband oracle: a promoted trial continues its run from "
+                                 "the checkpoint, and a continued run cannot be told what "
+                                 "the study spent meanwhile; use oracle 'random' or "
+                                 "'bayesian', or backend 'optuna' with pruner 'hyperband'")
 
     @property
     def directions(self) -> list[str]:
@@ -114,7 +121,7 @@ class StudyConfig(BaseModel):
         """Where the objective 'accuracy' comes from, in words (labels and reports)."""
         if not self.eval_fraction:
             return "server-held validation set (central_val_accuracy)"
-        noise = (f", DP-noised counts (σ = {self.eval_noise_multiplier:g}·√2)"
+        noise = (f", DP-noised (sum, count) (σ = {self.eval_noise_multiplier:g}·√2)"
                  if self.eval_noise_multiplier else "")
         return (f"federated validation on {self.eval_fraction:.0%} of clients' local "
                 f"validation splits{noise}")
@@ -161,11 +168,34 @@ class Study:
         self.space = SearchSpace.from_dict(_space_table(raw.get("space", {}), tables["space"]),
                                            source=str(self.path))
         self.base = _validate_experiment(self.base_raw, f"{self.path} [experiment]")
-        if "epsilon" in self.settings.objectives and not self.base.privacy.any_dp:
-            keys = [p.key for p in self.space.params]
-            if not any(k.startswith("privacy.") for k in keys):
-                raise ConfigError(f"{self.path}: objective 'epsilon' needs DP in the experiment "
-                                  "(privacy.sample.enabled or privacy.client.mode)")
+        if "epsilon" in self.settings.objectives and not self.dp_possible:
+            raise ConfigError(f"{self.path}: objective 'epsilon' needs DP in the experiment "
+                              "(privacy.sample.enabled or privacy.client.mode)")
+        if (self.settings.backend, self.settings.oracle) == ("kerastuner", "hyperband") and (
+                self.base.backend != "inline" or not self.base.output.checkpoint):
+            raise ConfigError(
+                f"{self.path}: KerasTuner's hyperband oracle continues promoted trials from "
+                "their run's checkpoint: needs experiment.backend = 'inline' and "
+                "experiment.output.checkpoint = true (got backend "
+                f"'{self.base.backend}', checkpoint {str(self.base.output.checkpoint).lower()})")
+
+    @property
+    def dp_possible(self) -> bool:
+        """Whether a trial may apply DP (the base experiment does, or the space sets it)."""
+        return self.base.privacy.any_dp or any(
+            p.key.startswith("privacy.") for p in self.space.params)
+
+    @property
+    def objective_deterministic(self) -> bool:
+        """Whether a trial's objective is a function of its parameters alone.
+
+        Not with a noised evaluation, nor when trials may draw DP noise (or a client
+        sample) from the OS's CSPRNG (``privacy.noise = "secure"``): the same parameters
+        then score differently each time (what GP samplers must be told).
+        """
+        if self.settings.eval_noise_multiplier:
+            return False
+        return not (self.dp_possible and self.base.privacy.noise == "secure")
 
     def _resolve(self, name: str) -> Path:
         candidate = Path(name)
@@ -174,7 +204,20 @@ class Study:
 
     @property
     def directory(self) -> Path:
+        """The study's report: what may be published (``study.release``)."""
         return Path(self.settings.output_dir) / self.settings.name
+
+    @property
+    def work_directory(self) -> Path:
+        """Storage, trial run directories and evaluation ledgers.
+
+        The report directory itself with ``release = "all"``; with ``"best_only"`` a
+        sibling ``<name>.private`` that holds every trial's results and must stay with
+        the curator (the random-stopping bound assumes it is never published).
+        """
+        if self.settings.release == "all":
+            return self.directory
+        return self.directory.with_name(f"{self.settings.name}.private")
 
     @property
     def command(self) -> str:
@@ -188,7 +231,8 @@ class Study:
         raw = self.space.apply(self.base_raw, values)
         raw["name"] = name
         raw.setdefault("output", {}).update(
-            {"dir": str(self.directory / "trials"), "progress": False, "tensorboard": False})
+            {"dir": str(self.work_directory / "trials"), "progress": False,
+             "tensorboard": False})
         if rounds is not None:
             raw["rounds"] = int(rounds)
         if self.settings.eval_fraction:  # the seeded client subsample the objective reads

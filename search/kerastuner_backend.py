@@ -2,12 +2,23 @@
 
 :class:`FederatedTuner` overrides ``run_trial``: the oracle's ``HyperParameters`` become
 a trial config (torch or Keras clients alike), the experiment runs, and its final
-validation accuracy is the objective. With the Hyperband oracle, ``tuner/epochs`` is the
-number of federated rounds of the trial. Oracles: RandomSearch, BayesianOptimization,
+validation accuracy is the objective. Oracles: RandomSearch, BayesianOptimization,
 Hyperband. Seeds, the privacy budget and the noised evaluation are handled as for Optuna
 (:mod:`search.trials`). Each finished trial is also written to the study's Optuna
 storage (same parameters, value, state and attributes), so reports,
-``optuna-dashboard`` and the privacy accounting are the same as for Optuna studies."""
+``optuna-dashboard`` and the privacy accounting are the same as for Optuna studies.
+
+Hyperband (Li et al. 2018, "Hyperband: A Novel Bandit-Based Approach to Hyperparameter
+Optimization", JMLR) trains a configuration to a rung and continues the best ones; its
+epochs are federated rounds. Every run of a configuration has the horizon
+``max_rounds`` and stops at its rung (``tuner/epochs``) as a pruned run that keeps its
+checkpoint; a promoted trial (``tuner/trial_id``, ``tuner/initial_epoch``) continues a
+copy of that run with :func:`sandbox.engine.api.resume` instead of training from
+scratch. So each configuration is one federated run: its rounds are charged once (the
+continuing run's ledger holds the earlier rounds, whose record then no longer counts),
+its client-rounds once, and it is stored as PRUNED records at the rungs it stopped at
+and at most one COMPLETE record, at ``max_rounds``.
+"""
 
 from __future__ import annotations
 
@@ -16,15 +27,21 @@ from typing import TYPE_CHECKING
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import math  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import keras_tuner  # noqa: E402
 
+from sandbox.core.results import StopReason  # noqa: E402
+from search.objective import TrialOutcome  # noqa: E402
+from search.study_store import target_trials  # noqa: E402
 from search.trials import mixed_seed, run_budgeted_trial  # noqa: E402
 
 if TYPE_CHECKING:
     import optuna
 
     from search.config import Study
-    from search.objective import TrialOutcome
 
 
 class BudgetSpent(keras_tuner.errors.FatalError):
@@ -47,37 +64,66 @@ class FederatedTuner(keras_tuner.Tuner):
 
     def run_trial(self, trial, *args, **kwargs):
         settings = self.study.settings
-        recorded = [t.user_attrs for t in self.optuna_study.get_trials(deepcopy=False)]
+        recorded = self.optuna_study.get_trials(deepcopy=False)
         budget = settings.client_round_budget
-        if budget and sum(a.get("client_rounds", 0) for a in recorded) >= budget:
+        if budget and sum(t.user_attrs.get("client_rounds", 0) for t in recorded) >= budget:
             raise BudgetSpent(f"client-round budget {budget} spent")
         values = self.study.space.values_from_keras_tuner(trial.hyperparameters)
-        rounds = trial.hyperparameters.values.get("tuner/epochs")
-        outcome, attrs = run_budgeted_trial(self.study, values, name=f"kt{trial.trial_id}",
-                                            slot=len(recorded), spent=recorded, rounds=rounds)
-        self._record(values, outcome, attrs | {"slot": len(recorded),
-                                               "kerastuner_trial": trial.trial_id,
-                                               "tuner_epochs": rounds})
-        print(f"kt trial {trial.trial_id} {outcome.status:8s} val acc {outcome.accuracy:.4f} "
-              f"(test {outcome.test_accuracy:.4f}) "
-              f"rounds {outcome.rounds_completed} {values}", flush=True)
+        hp = trial.hyperparameters.values
+        rung = hp.get("tuner/epochs")
+        name = f"kt{trial.trial_id}"
+        continued = _record_of(recorded, hp.get("tuner/trial_id"))
+        rungs = {} if rung is None else {"rounds": self.horizon, "stop_after": rung}
+        if continued is not None:
+            rungs |= {"continue_run": self._copy_run(continued, name),
+                      "earlier": TrialOutcome(StopReason.PRUNED, run_dir=continued.user_attrs[
+                          "run_dir"], **{k: continued.user_attrs[k] for k in (
+                              "accuracy_per_round", "central_val_per_round")})}
+        outcome, attrs = run_budgeted_trial(self.study, values, name=name, slot=len(recorded),
+                                            spent=[t.user_attrs for t in recorded], **rungs)
+        self._record(values, outcome, attrs | {
+            "slot": len(recorded), "kerastuner_trial": trial.trial_id, "tuner_epochs": rung,
+            "continues_trial": None if continued is None else continued.number})
+        if settings.release == "all":
+            print(f"kt trial {trial.trial_id} {outcome.status:8s} val acc "
+                  f"{outcome.accuracy:.4f} (test {outcome.test_accuracy:.4f}) "
+                  f"rounds {outcome.rounds_completed} {values}", flush=True)
         if outcome.budget_stopped:
             raise BudgetSpent(f"study privacy budget ε={settings.privacy_budget:g} spent")
-        if outcome.status != "complete":
-            raise keras_tuner.errors.FailedTrialError(outcome.reason or outcome.status)
-        return {"accuracy": outcome.accuracy}
+        if outcome.status == "complete" or (rung is not None and outcome.status == "pruned"):
+            return {"accuracy": outcome.accuracy}  # a rung's value decides promotion
+        raise keras_tuner.errors.FailedTrialError(outcome.reason or outcome.status)
+
+    @property
+    def horizon(self) -> int:
+        """Rounds of a configuration trained to the end (Hyperband's ``max_epochs``)."""
+        return self.study.settings.max_rounds or self.study.base.rounds
+
+    def _copy_run(self, continued, name: str) -> Path:
+        """A copy of the stopped run ``continued`` ran, as ``<run>.partial`` to resume.
+
+        The copy leaves the earlier trial's directory as it was at its rung.
+        """
+        source = Path(continued.user_attrs["run_dir"])
+        target = source.with_name(f"{name}-from-kt{continued.user_attrs['kerastuner_trial']}"
+                                  ".partial")
+        shutil.copytree(source, target)
+        return target
 
     def _record(self, values, outcome: TrialOutcome, attrs: dict) -> None:
+        """Store the trial in the Optuna study: COMPLETE, PRUNED at a rung, or FAIL."""
         import optuna
         from optuna.trial import TrialState
 
         distributions = self.study.space.optuna_distributions()
-        complete = outcome.status == "complete"
+        state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(
+            outcome.status, TrialState.FAIL)
+        scores = enumerate(outcome.accuracy_per_round, start=1)
         self.optuna_study.add_trial(optuna.trial.create_trial(
             params=values, distributions={k: distributions[k] for k in values},
-            value=outcome.accuracy if complete else None,
-            state=TrialState.COMPLETE if complete else TrialState.FAIL,
-            user_attrs=attrs,
+            value=outcome.accuracy if state == TrialState.COMPLETE else None,
+            intermediate_values={r: v for r, v in scores if math.isfinite(v)},
+            state=state, user_attrs=attrs,
         ))
 
     # The federated experiment writes its own results; nothing for Keras to save.
@@ -115,17 +161,29 @@ def make_oracle(study: Study, max_trials: int | None = None):
         max_consecutive_failed_trials=settings.n_trials)
 
 
-def run_kerastuner(study: Study, optuna_study: optuna.Study, *, resume: bool) -> FederatedTuner:
+def run_kerastuner(study: Study, optuna_study: optuna.Study, *, resume: bool) -> str:
+    """Run (or resume) the KerasTuner search; return why it stopped."""
+    if target_trials(study, optuna_study) == 0:
+        return "no trial: the Poisson trial count drawn was 0"
     hp = keras_tuner.HyperParameters()
     study.space.declare_keras_tuner(hp)
     drawn = optuna_study.user_attrs.get("n_trials_drawn")  # applied: max_trials
     oracle = make_oracle(study, max_trials=drawn)
     oracle.hyperparameters = hp
     tuner = FederatedTuner(oracle, study, optuna_study,
-                           directory=str(study.directory), project_name="kerastuner",
+                           directory=str(study.work_directory), project_name="kerastuner",
                            overwrite=not resume)
     try:
         tuner.search(verbose=0)
     except BudgetSpent as exc:
         tuner.stop_reason = str(exc)
-    return tuner
+    return tuner.stop_reason
+
+
+def _record_of(recorded: list, kerastuner_trial: str | None):
+    """The Optuna record of KerasTuner trial ``kerastuner_trial`` that kept its run."""
+    if kerastuner_trial is None:
+        return None
+    runs = [t for t in recorded if t.user_attrs.get("kerastuner_trial") == kerastuner_trial
+            and t.user_attrs.get("run_dir")]
+    return runs[-1] if runs else None

@@ -1,8 +1,10 @@
 """One tuning trial = one federated experiment, whatever the search backend.
 
-:func:`run_trial` runs the trial's config with :func:`sandbox.engine.api.run`, hands every
-round's objective value to ``report`` (which may stop the run by raising
-:class:`~sandbox.core.errors.RunPruned`) and returns the objective values and costs. The
+:func:`run_trial` runs the trial's config with :func:`sandbox.engine.api.run` (or continues
+a stopped run with :func:`~sandbox.engine.api.resume`), hands every round's objective
+value to ``report`` (which may stop the run by raising
+:class:`~sandbox.core.errors.RunPruned`) and returns the objective values and costs, read
+from the run's round rows (who trained, who evaluated) and its ledger. The
 objective "accuracy" is a *validation* accuracy: by default the server-held validation set
 (``central_val_accuracy``), or the federated one of :mod:`search.evaluation`; searches,
 pruning and the best trial never see test data. The test accuracy (global test set) is
@@ -21,15 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox.core.errors import RunFailed, SandboxError
+from sandbox.core.errors import RunFailed, RunPruned, SandboxError
 from sandbox.core.experiment import load_experiment_data
 from sandbox.core.privacy import PrivacyLedger
+from sandbox.core.privacy.assumptions import epsilon_caveats
 from sandbox.core.results import SELECTION_METRIC, StopReason
-from sandbox.engine.api import run
+from sandbox.engine.api import resume, run
 from search.evaluation import Evaluation
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Collection, Iterable
 
     from sandbox.core.config import Config
 
@@ -46,19 +49,21 @@ class TrialOutcome:
     test_accuracy: float = float("nan")  # held-out test accuracy, reported only
     central_val_accuracy: float = float("nan")  # exact server-held validation accuracy
     epsilon: float = float("inf")  # the run's ε (RunResult.epsilon); inf without DP
-    client_compute: float = 0.0  # million per-example gradient computations
-    client_rounds: float = 0  # expected client-rounds (q·N per round under client DP)
+    client_compute: float = 0.0  # million per-example gradients of the rounds it ran
+    client_rounds: float = 0  # clients that trained, summed over the rounds this run ran
     rounds_completed: int = 0
     run_dir: str = ""
     reason: str = ""
     accuracy_per_round: list[float] = field(default_factory=list)  # what the tuner saw
     central_val_per_round: list[float] = field(default_factory=list)
     eval_ledger: PrivacyLedger | None = None  # noised evaluations' mechanisms, if any
+    #: Why ``epsilon`` is not an upper bound (RunResult.epsilon_caveats; empty: it is one).
+    epsilon_caveats: list[str] = field(default_factory=list)
 
     #: Attributes every backend stores on its trials (user attributes).
     RECORDED = ("accuracy", "test_accuracy", "central_val_accuracy", "client_compute",
                 "client_rounds", "rounds_completed", "run_dir", "reason",
-                "accuracy_per_round", "central_val_per_round")
+                "accuracy_per_round", "central_val_per_round", "epsilon_caveats")
 
     @classmethod
     def invalid(cls, exc: Exception) -> TrialOutcome:
@@ -85,6 +90,7 @@ class TrialOutcome:
         attrs["stop_reason"] = self.stop_reason.value
         if math.isfinite(self.epsilon):
             attrs["epsilon"] = self.epsilon
+            attrs["epsilon_upper_bound"] = not self.epsilon_caveats
         if self.budget_stopped:
             attrs["budget_stop"] = True
             attrs["budget_reason"] = self.reason
@@ -96,70 +102,101 @@ class TrialOutcome:
         return float(getattr(self, objective))
 
 
-def client_work(cfg: Config) -> tuple[float, float]:
-    """(per-example gradients per round in millions, clients per round), expected values."""
+def client_work(cfg: Config) -> dict[int, float]:
+    """Per-example gradient computations of one round, in millions, by partition id.
+
+    What a client does in a round follows from its training examples
+    (:meth:`~sandbox.core.config.TrainConfig.local_work`); *who* trained in a round is
+    read from the run's rows (``train_partitions``), never re-sampled here.
+    """
     data = load_experiment_data(cfg)
-    per_client = []
-    for client in data.clients:
+    work = {}
+    for pid, client in enumerate(data.clients):
         batch, steps = cfg.train.local_work(len(client.y_train))
-        per_client.append(steps * batch)
-    sampled = cfg.federation.clients_per_round(cfg.data.num_clients)
-    if cfg.privacy.client.mode != "off":  # Poisson-sampled: q·N clients on average
-        sampled = cfg.federation.fraction_train * cfg.data.num_clients
-    mean = sum(per_client) / len(per_client)
-    return mean * sampled / 1e6, sampled
+        work[pid] = steps * batch / 1e6
+    return work
+
+
+@dataclass
+class _Progress:
+    """What a running trial has seen so far, round by round (its callback fills it)."""
+
+    scores: list[float] = field(default_factory=list)  # the objective
+    central: list[float] = field(default_factory=list)  # exact server-held validation
+    tests: list[float] = field(default_factory=list)
+    compute: float = 0.0  # million per-example gradients of the rounds *this* run ran
+    client_rounds: int = 0  # clients that trained, summed over those rounds
 
 
 def run_trial(
     cfg: Config, *, report: Callable[[int, float], None] | None = None,
     prior_ledger: PrivacyLedger | None = None, evaluation: Evaluation | None = None,
+    stop_after: int | None = None, continue_run: Path | None = None,
+    earlier: TrialOutcome | None = None,
 ) -> TrialOutcome:
     """Run one trial's experiment; never raises for a failed or pruned experiment.
 
     ``evaluation`` says what the objective reads each round (default: the server-held
-    validation set); ``report(round, value)`` gets that value.
+    validation set); ``report(round, value)`` gets that value. ``stop_after = r < rounds``
+    stops the run after round ``r`` as pruned, keeping its checkpoint (a Hyperband rung);
+    ``continue_run`` is such a stopped run's directory (a copy of it) to continue with
+    :func:`sandbox.engine.api.resume` instead of starting afresh, and ``earlier`` the
+    outcome of the rounds it continues from. Compute and client-rounds count only the
+    rounds this call ran; the run's ledger (and ε) covers the whole run once.
     """
     scorer = (evaluation or Evaluation()).for_trial(cfg, source=cfg.name)
-    scores: list[float] = []  # the objective, per round
-    central: list[float] = []  # exact server-held validation, per round
-    tests: list[float] = []
+    seen = _Progress()
+    if earlier is not None:
+        seen.scores += earlier.accuracy_per_round
+        seen.central += earlier.central_val_per_round
 
     def on_round(server_round: int, row: dict[str, Any]) -> None:
         if server_round == 0:
             return  # (a non-finite loss has already stopped the run as diverged)
-        scores.append(scorer.score(server_round, row))
-        central.append(row[SELECTION_METRIC])
-        tests.append(row["central_test_accuracy"])
+        seen.scores.append(scorer.score(server_round, row))
+        seen.central.append(row[SELECTION_METRIC])
+        seen.tests.append(row["central_test_accuracy"])
+        seen.compute += sum(work[pid] for pid in row["train_partitions"])
+        seen.client_rounds += len(row["train_partitions"])
         if report is not None:
-            report(server_round, scores[-1])
+            report(server_round, seen.scores[-1])
+        if stop_after is not None and server_round == stop_after < cfg.rounds:
+            raise RunPruned(server_round, f"Hyperband rung: {stop_after} of {cfg.rounds} "
+                            "rounds (checkpoint kept to continue)")
 
     try:
-        compute_per_round, sampled = client_work(cfg)
-        result = run(cfg, callbacks=[on_round], prior_ledger=prior_ledger)
+        work = client_work(cfg)
+        result = (resume(continue_run, callbacks=[on_round]) if continue_run is not None
+                  else run(cfg, callbacks=[on_round], prior_ledger=prior_ledger))
     except SandboxError as exc:  # found by the pre-flight check: nothing ran
         return TrialOutcome.invalid(exc)
     except RunFailed as exc:
-        done = len(scores)
-        pruned = exc.stop_reason is StopReason.PRUNED
-        reason = str(exc.cause) if pruned else f"{type(exc.cause).__name__}: {exc.cause}"
-        def last(values: list[float]) -> float:
-            return values[-1] if pruned and values else float("nan")
+        return _stopped_outcome(cfg, exc, seen, scorer.ledger)
+    return TrialOutcome(
+        result.stop_reason, seen.scores[-1] if seen.scores else float("nan"),
+        result.final["central_test_accuracy"], result.final[SELECTION_METRIC],
+        math.inf if result.epsilon is None else result.epsilon, seen.compute,
+        seen.client_rounds, result.rounds[-1]["round"], str(result.run_dir),
+        accuracy_per_round=seen.scores, central_val_per_round=seen.central,
+        eval_ledger=scorer.ledger, epsilon_caveats=list(result.epsilon_caveats),
+        reason=result.stopped_early.reason if result.stopped_early else "")
 
-        return TrialOutcome(exc.stop_reason, last(scores), last(tests), last(central),
-                            client_compute=compute_per_round * done,
-                            client_rounds=sampled * done, rounds_completed=done,
-                            run_dir=str(exc.run_dir), reason=reason.splitlines()[0],
-                            accuracy_per_round=scores, central_val_per_round=central,
-                            eval_ledger=scorer.ledger)
-    done = result.rounds[-1]["round"]
-    return TrialOutcome(result.stop_reason, scores[-1] if scores else float("nan"),
-                        result.final["central_test_accuracy"],
-                        result.final[SELECTION_METRIC],
-                        math.inf if result.epsilon is None else result.epsilon,
-                        compute_per_round * done, sampled * done, done,
-                        str(result.run_dir), accuracy_per_round=scores,
-                        central_val_per_round=central, eval_ledger=scorer.ledger,
-                        reason=result.stopped_early.reason if result.stopped_early else "")
+
+def _stopped_outcome(cfg: Config, exc: RunFailed, seen: _Progress,
+                     eval_ledger: PrivacyLedger) -> TrialOutcome:
+    """A run that stopped early: pruned (its last values stand) or failed (NaN)."""
+    pruned = exc.stop_reason is StopReason.PRUNED
+    reason = str(exc.cause) if pruned else f"{type(exc.cause).__name__}: {exc.cause}"
+
+    def last(values: list[float]) -> float:
+        return values[-1] if pruned and values else float("nan")
+
+    return TrialOutcome(exc.stop_reason, last(seen.scores), last(seen.tests),
+                        last(seen.central), client_compute=seen.compute,
+                        client_rounds=seen.client_rounds, rounds_completed=len(seen.scores),
+                        run_dir=str(exc.run_dir), reason=reason.splitlines()[0],
+                        accuracy_per_round=seen.scores, central_val_per_round=seen.central,
+                        eval_ledger=eval_ledger, epsilon_caveats=epsilon_caveats(cfg))
 
 
 def config_reason(exc: SandboxError) -> str:
@@ -167,10 +204,26 @@ def config_reason(exc: SandboxError) -> str:
     return "invalid trial config: " + "; ".join(exc.problems)
 
 
-def trial_ledgers(attrs: dict[str, Any]) -> list[PrivacyLedger]:
-    """Every ledger a trial spent (its run's, its noised evaluations'), from its user attrs."""
-    ledgers = [trial_ledger(attrs.get("run_dir", "")), trial_ledger(attrs.get("eval_ledger", ""))]
+def trial_ledgers(attrs: dict[str, Any], superseded: Collection[str] = ()
+                  ) -> list[PrivacyLedger]:
+    """Every ledger a trial spent (its run's, its noised evaluations'), from its user attrs.
+
+    A run in ``superseded`` (:func:`superseded_runs`) was continued by a later trial,
+    whose run ledger holds its rounds too: only its evaluations' ledger counts here.
+    """
+    run_dir = attrs.get("run_dir", "")
+    ledgers = [None if run_dir in superseded else trial_ledger(run_dir),
+               trial_ledger(attrs.get("eval_ledger", ""))]
     return [led for led in ledgers if led is not None and led.mechanisms]
+
+
+def superseded_runs(records: Iterable[dict[str, Any]]) -> set[str]:
+    """Run directories that a later trial continued (``continued_run``) from a checkpoint.
+
+    The continuing run restored the stopped run's ledger, so counting both would charge
+    the stopped run's rounds twice.
+    """
+    return {a["continued_run"] for a in records if a.get("continued_run") and a.get("run_dir")}
 
 
 def trial_ledger(run_dir: str) -> PrivacyLedger | None:

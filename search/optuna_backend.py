@@ -15,7 +15,9 @@ The loop is Optuna's ask-and-tell interface rather than ``study.optimize``. Tria
 * a proposal equal to an earlier trial's (or to a lower slot's of the same batch) is
   redrawn with the next seed of the slot's stream, up to ``MAX_REDRAWS`` times (a space
   that is exhausted, or nearly so, then repeats a point): workers never evaluate the
-  same parameters twice;
+  same parameters twice. Not so in a best-only random search, whose trials must be
+  i.i.d. draws (:func:`~search.study_store.independent_proposals`); its proposals
+  derive from a secret key rather than the study seed under secure noise;
 * Hyperband brackets follow the slot, and a trial's rung peers are the trials of earlier
   batches (:mod:`search.hyperband`), so pruning is reproducible too;
 * trials left RUNNING by a killed process are marked FAIL on ``--resume`` and listed in
@@ -36,10 +38,18 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox.core.errors import ConfigError, RunPruned
-from sandbox.core.results import StopReason
+from sandbox.core.errors import RunPruned
 from sandbox.engine import interrupt
-from search.storage import make_storage, prepare_storage, storage_url
+from search.study_store import (
+    INTERRUPTED_TRIALS,
+    independent_proposals,
+    interrupted_trials,
+    make_storage,
+    open_study,
+    prepare_storage,
+    proposal_seed,
+    target_trials,
+)
 from search.trials import is_budget_stop, mixed_seed, run_budgeted_trial
 
 if TYPE_CHECKING:
@@ -49,9 +59,6 @@ if TYPE_CHECKING:
 
     from search.config import Study
 
-INTERRUPTED = StopReason.INTERRUPTED.value
-# Study user attribute: numbers of the trials a killed process left RUNNING.
-INTERRUPTED_TRIALS = "interrupted_trials"
 MAX_REDRAWS = 50  # redraws of a duplicate proposal before a repeat is accepted
 POLL_S = 0.1  # how often a waiting worker reads the storage
 
@@ -68,8 +75,9 @@ def make_sampler(study: Study, *, seed: int | None = None):
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, deterministic_objective=True)
+    if name == "gp":  # noisy objectives (secure DP noise, noised evaluation) are not
+        return optuna.samplers.GPSampler(  # deterministic: the GP must model the noise
+            seed=seed, deterministic_objective=study.objective_deterministic)
     population = max(4, min(20, study.settings.n_trials // 3))
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
 
@@ -95,46 +103,6 @@ def make_pruner(study: Study):
     return optuna.pruners.NopPruner()
 
 
-def open_study(study: Study, *, create: bool, storage=None) -> optuna.Study:
-    """Create or load the study, in ``storage`` (default: a new one from the settings)."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = make_storage(study) if storage is None else storage
-    kwargs = {"study_name": study.settings.name, "storage": storage,
-              "sampler": make_sampler(study), "pruner": make_pruner(study)}
-    if create:
-        try:
-            created = optuna.create_study(directions=study.settings.directions, **kwargs)
-        except optuna.exceptions.DuplicatedStudyError:
-            raise ConfigError(
-                f"study '{study.settings.name}' already exists in {storage_url(study)}; "
-                "continue it with --resume or choose another study.name") from None
-        created.set_user_attr("settings", study.settings.model_dump(mode="json"))
-        created.set_user_attr("space", study.space.describe())
-        created.set_user_attr("command", study.command)
-        if study.settings.trial_distribution == "poisson":
-            import numpy as np
-
-            drawn = int(np.random.default_rng(study.settings.seed).poisson(study.settings.n_trials))
-            created.set_user_attr("n_trials_drawn", max(drawn, 1))
-        return created
-    try:
-        return optuna.load_study(**kwargs)
-    except KeyError:
-        raise ConfigError(f"no study '{study.settings.name}' in {storage_url(study)} to "
-                          "resume; run without --resume first") from None
-
-
-def target_trials(study: Study, optuna_study: optuna.Study) -> int:
-    return int(optuna_study.user_attrs.get("n_trials_drawn", study.settings.n_trials))
-
-
-def interrupted_trials(optuna_study: optuna.Study) -> set[int]:
-    """Numbers of the trials a killed process left RUNNING (marked FAIL on resume)."""
-    return {int(n) for n in optuna_study.user_attrs.get(INTERRUPTED_TRIALS, [])}
-
-
 def recover_interrupted(optuna_study: optuna.Study) -> list[int]:
     """Mark trials a killed process left RUNNING as FAIL; return their numbers.
 
@@ -154,16 +122,6 @@ def recover_interrupted(optuna_study: optuna.Study) -> list[int]:
     for trial in running:
         optuna_study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
     return recovered
-
-
-def finished_trials(optuna_study: optuna.Study) -> list:
-    """Trials that count towards ``n_trials`` (interrupted ones do not)."""
-    from optuna.trial import TrialState
-
-    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    interrupted = interrupted_trials(optuna_study)
-    return [t for t in optuna_study.get_trials(deepcopy=False, states=done)
-            if t.number not in interrupted]
 
 
 def counted_slots(optuna_study: optuna.Study) -> dict[int, Any]:
@@ -189,7 +147,8 @@ class OptunaSearch:
     peers_alive : callable or None
         Says whether the other workers still run (a waiting worker gives up otherwise).
     progress : bool
-        Print one line per trial.
+        Print one line per trial (never with ``study.release = "best_only"``: the
+        trials' results are not to be released).
     """
 
     def __init__(self, study: Study, optuna_study: optuna.Study, storage, *, worker: int = 0,
@@ -200,7 +159,7 @@ class OptunaSearch:
         self.worker = worker
         self.workers = study.settings.workers
         self.peers_alive = peers_alive or (lambda: True)
-        self.progress = progress
+        self.progress = progress and study.settings.release == "all"
         self.stop_reason = ""
 
     def batch_start(self, slot: int) -> int:
@@ -254,19 +213,24 @@ class OptunaSearch:
         return False
 
     def propose(self, slot: int, earlier: list) -> dict[str, Any]:
-        """Parameters of ``slot``: a fresh sampler on the earlier batches, no repeats."""
+        """Parameters of ``slot``: a fresh sampler on the earlier batches, no repeats.
+
+        Independent proposals (:func:`~search.study_store.independent_proposals`) take
+        the first draw as it comes: repeats are part of i.i.d. random search.
+        """
         import optuna
 
         batch = self.batch_start(slot)
         peers = [t.params for t in self._wait(lambda: self._asked(batch, slot))]
         seen = [t.params for t in earlier] + peers
+        key = proposal_seed(self.study, self.optuna_study)
+        redraws = 1 if independent_proposals(self.study) else MAX_REDRAWS
         values: dict[str, Any] = {}
-        for draw in range(MAX_REDRAWS):
+        for draw in range(redraws):
             copy = optuna.create_study(
                 storage=optuna.storages.InMemoryStorage(),
                 directions=self.study.settings.directions,
-                sampler=make_sampler(self.study, seed=mixed_seed(self.study.settings.seed,
-                                                                 slot, draw)))
+                sampler=make_sampler(self.study, seed=mixed_seed(key, slot, draw)))
             copy.add_trials(earlier)
             values = self.study.space.suggest_optuna(copy.ask())
             if values not in seen:
@@ -286,7 +250,7 @@ class OptunaSearch:
         import optuna
 
         values = self.propose(slot, earlier)
-        seed = mixed_seed(self.study.settings.seed, slot)
+        seed = mixed_seed(proposal_seed(self.study, self.optuna_study), slot)
         with warnings.catch_warnings():  # PartialFixedSampler is public, marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = optuna.samplers.PartialFixedSampler(
@@ -355,8 +319,10 @@ def run_worker(study_path: str, overrides: dict[str, Any], worker: int) -> None:
     study = Study(study_path, overrides)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     storage = make_storage(study)
-    OptunaSearch(study, open_study(study, create=False, storage=storage), storage,
-                 worker=worker, peers_alive=lambda: os.getppid() == parent).run()
+    optuna_study = open_study(study, create=False, storage=storage,
+                              sampler=make_sampler(study), pruner=make_pruner(study))
+    OptunaSearch(study, optuna_study, storage, worker=worker,
+                 peers_alive=lambda: os.getppid() == parent).run()
 
 
 def run_optuna(study: Study, *, resume: bool, study_path: Path,
@@ -365,7 +331,8 @@ def run_optuna(study: Study, *, resume: bool, study_path: Path,
     import multiprocessing
 
     storage = prepare_storage(study, resume=resume)
-    optuna_study = open_study(study, create=not resume, storage=storage)
+    optuna_study = open_study(study, create=not resume, storage=storage,
+                              sampler=make_sampler(study), pruner=make_pruner(study))
     if resume:
         recovered = recover_interrupted(optuna_study)
         if recovered:

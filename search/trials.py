@@ -5,7 +5,9 @@ study's ``privacy_budget`` and the noised evaluation (:mod:`search.evaluation`) 
 enforced and accounted the same way:
 
 * the ledgers of every finished trial (its run's and its noised evaluations') compose
-  into the *spent* ledger (sequential composition per scope);
+  into the *spent* ledger (sequential composition per scope); a run that a later trial
+  continued from its checkpoint (KerasTuner's Hyperband) counts once, in the later
+  trial's ledger;
 * a trial with a noised evaluation reserves its worst case (every client, every round)
   before it starts;
 * if spent + reserved already exceeds the budget, the trial does not run (recorded as a
@@ -24,10 +26,11 @@ import numpy as np
 from sandbox.core.errors import ConfigError
 from sandbox.core.results import StopReason
 from search.evaluation import Evaluation
-from search.objective import TrialOutcome, run_trial, trial_ledgers
+from search.objective import TrialOutcome, run_trial, superseded_runs, trial_ledgers
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+    from pathlib import Path
 
     from sandbox.core.config import Config
     from sandbox.core.privacy import PrivacyLedger
@@ -43,12 +46,11 @@ def mixed_seed(*parts: int) -> int:
     return int(state) % (2**31 - 2) + 1
 
 
-def spent_ledger(attrs: Iterable[dict[str, Any]]) -> PrivacyLedger | None:
-    """Composition of every ledger of the trials with user attributes ``attrs``."""
-    from sandbox.core.privacy import PrivacyLedger
-
-    ledgers = [led for a in attrs for led in trial_ledgers(a)]
-    return PrivacyLedger.compose(ledgers) if ledgers else None
+def spent_ledgers(attrs: Iterable[dict[str, Any]]) -> list[PrivacyLedger]:
+    """Every ledger of the trials with user attributes ``attrs``, each spending once."""
+    records = list(attrs)
+    superseded = superseded_runs(records)
+    return [led for a in records for led in trial_ledgers(a, superseded)]
 
 
 def evaluation_for(study: Study, slot: int) -> Evaluation:
@@ -59,11 +61,15 @@ def evaluation_for(study: Study, slot: int) -> Evaluation:
 
 def run_budgeted_trial(study: Study, values: dict[str, Any], *, name: str, slot: int,
                        spent: Iterable[dict[str, Any]], rounds: int | None = None,
-                       report: Callable[[int, float], None] | None = None
+                       report: Callable[[int, float], None] | None = None,
+                       stop_after: int | None = None, continue_run: Path | None = None,
+                       earlier: TrialOutcome | None = None,
                        ) -> tuple[TrialOutcome, dict[str, Any]]:
     """Run one trial under the study's budget; return its outcome and user attributes.
 
-    ``spent`` holds the user attributes of the finished trials whose ledgers count.
+    ``spent`` holds the user attributes of the finished trials whose ledgers count;
+    ``stop_after``, ``continue_run`` and ``earlier`` go to
+    :func:`~search.objective.run_trial` (Hyperband rungs; no privacy budget then).
     """
     evaluation = evaluation_for(study, slot)
     try:
@@ -71,10 +77,14 @@ def run_budgeted_trial(study: Study, values: dict[str, Any], *, name: str, slot:
     except ConfigError as exc:
         outcome = TrialOutcome.invalid(exc)
     else:
-        outcome = _run_within_budget(study, cfg, evaluation, list(spent), report)
+        outcome = _run_within_budget(study, cfg, evaluation, list(spent), report,
+                                     stop_after=stop_after, continue_run=continue_run,
+                                     earlier=earlier)
     attrs = outcome.attributes()
+    if continue_run is not None and outcome.run_dir:
+        attrs["continued_run"] = str(earlier.run_dir)
     if outcome.eval_ledger is not None and outcome.eval_ledger.mechanisms:
-        path = study.directory / "eval_ledgers" / f"{name}.json"
+        path = study.work_directory / "eval_ledgers" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         outcome.eval_ledger.save(path)
         attrs["eval_ledger"] = str(path)
@@ -84,13 +94,13 @@ def run_budgeted_trial(study: Study, values: dict[str, Any], *, name: str, slot:
 
 
 def _run_within_budget(study: Study, cfg: Config, evaluation: Evaluation,
-                       spent: list[dict[str, Any]], report) -> TrialOutcome:
+                       spent: list[dict[str, Any]], report, **rungs) -> TrialOutcome:
     from sandbox.core.privacy import PrivacyLedger
 
     budget = study.settings.privacy_budget
     if not budget:
-        return run_trial(cfg, report=report, evaluation=evaluation)
-    parts = [led for a in spent for led in trial_ledgers(a)]
+        return run_trial(cfg, report=report, evaluation=evaluation, **rungs)
+    parts = spent_ledgers(spent)
     reserved = evaluation.reserve(cfg, source=cfg.name)
     if reserved.mechanisms:
         parts.append(reserved)
@@ -106,7 +116,7 @@ def _run_within_budget(study: Study, cfg: Config, evaluation: Evaluation,
     if cfg.privacy.any_dp:  # the engine stops the run before the exceeding round
         cfg = cfg.model_copy(update={"privacy": cfg.privacy.model_copy(
             update={"budget_epsilon": budget})})
-    return run_trial(cfg, report=report, prior_ledger=prior, evaluation=evaluation)
+    return run_trial(cfg, report=report, prior_ledger=prior, evaluation=evaluation, **rungs)
 
 
 def is_budget_stop(attrs: dict[str, Any]) -> bool:

@@ -301,26 +301,46 @@ def test_other_samplers_run(tmp_path, sampler):
 
 
 def test_pareto_study_with_epsilon_constraint_and_privacy_cost(tmp_path):
+    """NSGA-II with a seeded Poisson trial count: ε composed, caveats shown, and no
+    random-stopping bound (an adaptive sampler, a seed-known K, every trial released)."""
+    import optuna
+
     from search import run_search
 
     path = write_study(
         tmp_path, n_trials=6, sampler="nsga2", rounds=2,
         extra_study='objectives = ["accuracy", "epsilon", "client_compute"]\n'
                     'epsilon_max = 30.0\ntrial_distribution = "poisson"',
-        extra_experiment="privacy.sample.enabled = true",
+        extra_experiment='privacy.sample.enabled = true\nprivacy.noise = "seeded"',
         extra_space='[space.noise]\ntype = "float"\nlow = 0.6\nhigh = 3.0\n'
                     'key = "privacy.sample.noise_multiplier"')
     out = run_search(path)
     assert (out / "pareto.png").is_file()
     privacy = json.loads((out / "privacy.json").read_text())
     trials = read_trials(out)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.user_attrs["n_trials_drawn"] == len(trials)  # K ~ Poisson(6), from the seed
+    assert study.user_attrs["n_trials_source"] == "seeded"
     assert privacy["dp"] and privacy["trials_with_dp"] == len(trials)
-    assert privacy["random_stopping"]["n_trials_drawn"] == len(trials)  # K ~ Poisson(6)
     assert privacy["epsilon_composed"] < privacy["epsilon_naive_sum"]
-    assert privacy["random_stopping"]["applies"]
-    assert privacy["random_stopping"]["epsilon"] >= privacy["random_stopping"][
-        "epsilon_single_trial"]
-    assert all(float(t["epsilon"]) > 0 for t in trials if t["state"] == "COMPLETE")
+    stopping = privacy["random_stopping"]
+    assert not stopping["applies"]
+    for needle in ("sampler 'nsga2' adapts", "drawn from the study seed",
+                   "study.release = 'all'", "privacy.sample.noise_multiplier",
+                   "not an upper bound (seeded noise"):
+        assert needle in stopping["why"], needle
+    assert "Random-stopping bound not reported" in (out / "report.md").read_text()
+    # seeded noise: no ε of this study is an upper bound, and every place says so
+    assert not privacy["upper_bound"] and "seeded noise" in privacy["caveats"][0]
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    assert complete and all(float(t["epsilon"]) > 0 for t in complete)
+    assert all(t["epsilon_upper_bound"] == "False" and "privacy.noise = 'seeded'"
+               in t["epsilon_caveats"] for t in complete)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"]["epsilon_upper_bound"] is False
+    assert summary["best"]["epsilon_caveats"] and not summary["privacy"]["upper_bound"]
+    report = (out / "report.md").read_text()
+    assert "(not an upper bound)" in report and "These ε are not upper bounds" in report
 
 
 def test_study_privacy_budget_stops_the_search(tmp_path):
@@ -357,6 +377,30 @@ def test_optuna_dashboard_reads_our_storage(tmp_path):
 
 
 # -- KerasTuner ---------------------------------------------------------------------------
+def _assert_promoted_trials_continue_their_run(trials: list[dict]) -> None:
+    """Reproducer: a promoted configuration continues its rung's run from the checkpoint,
+    is charged its earlier rounds once, and is COMPLETE once (rungs are PRUNED)."""
+    from search.trials import spent_ledgers
+
+    assert {int(t["rounds_completed"]) for t in trials} == {1, 3}
+    assert {t["state"] for t in trials} == {"PRUNED", "COMPLETE"}
+    complete = [(t["lr"], t["width"]) for t in trials if t["state"] == "COMPLETE"]
+    assert len(complete) == len(set(complete))  # no configuration stored twice as complete
+    by_dir = {t["run_dir"]: t for t in trials}
+    continued = [t for t in trials if t["continued_run"]]
+    assert continued
+    for t in continued:
+        rung = by_dir[t["continued_run"]]
+        assert (rung["state"], rung["lr"], rung["width"]) == ("PRUNED", t["lr"], t["width"])
+        rows = json.loads((Path(t["run_dir"]) / "metrics.json").read_text())
+        before = json.loads((Path(rung["run_dir"]) / "metrics.json").read_text())
+        assert rows[:2] == before  # rounds 0-1 restored, not trained again
+        assert float(t["client_rounds"]) == 4 * (3 - 1)  # only the rounds it ran
+    ledgers = spent_ledgers(dict(t) for t in trials)
+    charged = sum(1 for led in ledgers for m in led.mechanisms if m.scope == "client-0")
+    assert charged == sum(float(t["client_rounds"]) for t in trials) / 4  # each round once
+
+
 @pytest.mark.parametrize("oracle", ["random", "hyperband"])
 def test_kerastuner_backend_runs_federated_trials(tmp_path, oracle):
     import optuna
@@ -365,14 +409,15 @@ def test_kerastuner_backend_runs_federated_trials(tmp_path, oracle):
 
     path = write_study(tmp_path, n_trials=3, rounds=3, sampler=None, pruner=None,
                        extra_study=f'backend = "kerastuner"\noracle = "{oracle}"\n'
-                                   "max_rounds = 3")
+                                   "max_rounds = 3",
+                       extra_experiment="privacy.sample.enabled = true"
+                       if oracle == "hyperband" else "")
     out = run_search(path)
     trials = read_trials(out)
-    assert trials and all(t["state"] == "COMPLETE" for t in trials)
     if oracle == "hyperband":  # Hyperband's epochs are federated rounds
-        assert {int(t["rounds_completed"]) for t in trials} == {1, 3}
+        _assert_promoted_trials_continue_their_run(trials)
     else:
-        assert len(trials) == 3
+        assert len(trials) == 3 and all(t["state"] == "COMPLETE" for t in trials)
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{out / 'study.db'}")
     assert len(study.trials) == len(trials)
     assert (out / "best_config.toml").is_file()

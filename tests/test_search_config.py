@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -69,28 +70,88 @@ def _evaluation_cfg(tmp_path, **extra):
     return study, study.trial_config({"lr": 0.1, "width": 16})
 
 
-def test_noised_federated_score_is_seeded_and_charged_per_evaluated_client(tmp_path):
+def engine_row(clients: list[tuple[int, int]], *, weighted: bool) -> dict:
+    """A round row as the engine aggregates (correct, examples) of the evaluated clients:
+    weighted by examples (Flower's weighted mean), or every client once (unit weights)."""
+    accuracies = [c / n for c, n in clients]
+    accuracy = (sum(c for c, _ in clients) / sum(n for _, n in clients) if weighted
+                else sum(accuracies) / len(clients))
+    return {"central_val_accuracy": 0.9, "fed_val_accuracy": accuracy,
+            "fed_val_partitions": list(range(len(clients))),
+            "fed_val_examples": sum(n for _, n in clients), "fed_val_weighted": weighted}
+
+
+def neighbours(clients: list[tuple[int, int]], *, client_level: bool):
+    """Every data set one example (or, at client level, one whole client) away."""
+    for i, (c, n) in enumerate(clients):
+        changed = [(c + 1, n + 1), (c, n + 1)] + ([(c - 1, n - 1)] if c and n > 1 else [])
+        changed += [(c, n - 1)] if n - c and n > 1 else []
+        for moved in changed:
+            yield clients[:i] + [moved] + clients[i + 1:]
+        if client_level and len(clients) > 1:
+            yield clients[:i] + clients[i + 1:]
+
+
+def test_client_level_evaluation_releases_a_count_of_clients_within_its_sensitivity(tmp_path):
+    """Reproducer: under client-level DP the engine averages clients with unit weights;
+    rebuilding 'correct predictions' as accuracy × Σn moves by far more than √2 when one
+    example moves. The release is (Σ accuracies, clients), charged to the federation."""
+    import numpy as np
+
+    from search.evaluation import SENSITIVITY, Evaluation
+
+    _, cfg = _evaluation_cfg(tmp_path, eval_noise_multiplier=1.0)
+    scorer = Evaluation(0.5, 1.0, seed=4).for_trial(cfg, source="t")
+    clients = [(5, 10), (50, 100)]
+    row = engine_row(clients, weighted=False)
+    moved = engine_row([(6, 11), (50, 100)], weighted=False)  # one example added
+    old = [np.array([r["fed_val_accuracy"] * r["fed_val_examples"], r["fed_val_examples"]])
+           for r in (row, moved)]
+    assert np.linalg.norm(old[0] - old[1]) > 3.0 > SENSITIVITY  # the old bound is exceeded
+    for neighbour in neighbours(clients, client_level=True):
+        distance = np.linalg.norm(scorer.release(row).values
+                                  - scorer.release(engine_row(neighbour, weighted=False)).values)
+        assert distance <= SENSITIVITY + 1e-12, neighbour
+    scorer.score(1, row)
+    assert {m.scope for m in scorer.ledger.mechanisms} == {"federation"}
+    assert all(m.entry == (1.0, 1.0, 1) for m in scorer.ledger.mechanisms)
+
+
+def test_weighted_evaluation_releases_exact_counts_charged_to_the_evaluated_clients(tmp_path):
+    import numpy as np
+
+    from search.evaluation import SENSITIVITY, Evaluation
+
+    _, cfg = _evaluation_cfg(tmp_path, eval_noise_multiplier=1.0)
+    scorer = Evaluation(0.5, 1.0, seed=4).for_trial(cfg, source="t")
+    clients = [(7, 13), (40, 91), (0, 5)]
+    row = engine_row(clients, weighted=True) | {"fed_val_partitions": [1, 2, 3]}
+    assert scorer.release(row).values.tolist() == [47.0, 109.0]
+    for neighbour in neighbours(clients, client_level=False):
+        distance = np.linalg.norm(scorer.release(row).values
+                                  - scorer.release(engine_row(neighbour, weighted=True)).values)
+        assert distance <= SENSITIVITY + 1e-12, neighbour
+    scorer.score(2, row)  # the row's partitions pay, not a re-drawn sample
+    assert {m.scope for m in scorer.ledger.mechanisms} == {"client-1", "client-2", "client-3"}
+
+
+def test_noised_score_is_secure_by_default_and_reproducible_only_when_seeded(tmp_path):
     from search.evaluation import Evaluation
 
-    study, cfg = _evaluation_cfg(tmp_path, eval_noise_multiplier=1.0)
-    assert cfg.federation.fraction_evaluate == 0.5
-    row = {"central_val_accuracy": 0.9, "fed_val_accuracy": 0.6}
-    plain = Evaluation(0.5).for_trial(cfg).score(1, row)
-    assert plain == 0.6 and Evaluation().for_trial(cfg).score(1, row) == 0.9
-    scores, ledgers = [], []
-    for _ in range(2):
-        scorer = Evaluation(0.5, 1.0, seed=4).for_trial(cfg, source="t")
-        scores.append([scorer.score(r, row) for r in (1, 2)])
-        ledgers.append(scorer.ledger)
-    assert scores[0] == scores[1] and scores[0][0] != 0.6 and scores[0][0] != scores[0][1]
-    evaluated = scorer.evaluated_partitions(1, row)
-    assert len(evaluated) == 2  # half of the 4 clients
-    assert {m.scope for m in ledgers[0].mechanisms if m.round == 1} == {
-        f"client-{p}" for p in evaluated}
-    assert all(m.entry == (1.0, 1.0, 1) for m in ledgers[0].mechanisms)
-    reserved = Evaluation(0.5, 1.0).reserve(cfg)
-    assert len(reserved.mechanisms) == cfg.rounds * cfg.data.num_clients
+    row = engine_row([(30, 60), (20, 50)], weighted=True)
+    for noise, equal in (("secure", False), ("seeded", True)):
+        _, cfg = _evaluation_cfg(tmp_path, eval_noise_multiplier=1.0,
+                                 **{"experiment.privacy.noise": noise})
+        scores = [[Evaluation(0.5, 1.0, seed=4).for_trial(cfg).score(r, row) for r in (1, 2)]
+                  for _ in range(2)]
+        assert (scores[0] == scores[1]) is equal, noise
+        assert scores[0][0] != row["fed_val_accuracy"] and scores[0][0] != scores[0][1]
+    _, cfg = _evaluation_cfg(tmp_path)
+    assert Evaluation(0.5).for_trial(cfg).score(1, row) == row["fed_val_accuracy"]
+    assert Evaluation().for_trial(cfg).score(1, row) == 0.9
     assert math.isnan(Evaluation(0.5).for_trial(cfg).score(1, {"fed_val_accuracy": None}))
+    reserved = Evaluation(0.5, 1.0).reserve(cfg)  # every round, every client, both units
+    assert len(reserved.mechanisms) == cfg.rounds * (cfg.data.num_clients + 1)
 
 
 def test_a_study_on_noised_federated_validation_charges_its_epsilon(tmp_path):
@@ -105,4 +166,12 @@ def test_a_study_on_noised_federated_validation_charges_its_epsilon(tmp_path):
     privacy = json.loads((out / "privacy.json").read_text())
     assert privacy["dp"] and privacy["noised_evaluation"]["releases"] == 2 * 2 * 2
     assert privacy["epsilon_composed"] >= max(float(t["eval_epsilon"]) for t in trials)
-    assert "federated validation on 50%" in (out / "report.md").read_text()
+    evaluation = privacy["evaluation"]  # what the evaluation ε rests on
+    assert "OS CSPRNG" in evaluation["noise_source"]
+    assert "exact fed_val_accuracy" in evaluation["exact_values_kept"]
+    report = (out / "report.md").read_text()
+    assert "federated validation on 50%" in report and "exact fed_val_accuracy" in report
+    for t in trials:  # the tuner saw what the rows say: 2 of 4 clients evaluated per round
+        rows = json.loads((Path(t["run_dir"]) / "metrics.json").read_text())[1:]
+        assert all(len(r["fed_val_partitions"]) == 2 and r["fed_val_weighted"] for r in rows)
+        assert float(t["client_rounds"]) == sum(len(r["train_partitions"]) for r in rows)

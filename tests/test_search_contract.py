@@ -85,16 +85,29 @@ class TestStudyContract:
 
 
 def test_kerastuner_poisson_count_is_applied_and_hyperband_refuses_it(tmp_path):
+    import optuna
+
     from search.config import Study
 
     out = _run(tmp_path / "a", "kerastuner", name="s", n_trials=3,
                extra_study='trial_distribution = "poisson"',
-               extra_experiment="privacy.sample.enabled = true")
-    privacy = json.loads((out / "privacy.json").read_text())
-    stopping = privacy["random_stopping"]
-    assert stopping["applies"] and stopping["trials_run"] == len(read_trials(out))
-    (tmp_path / "b").mkdir()
-    path = write_study(tmp_path / "b", sampler=None, pruner=None,
-                       extra_study='backend = "kerastuner"\ntrial_distribution = "poisson"')
-    with pytest.raises(ConfigError, match="hyperband oracle has none"):
-        Study(path)
+               extra_experiment='privacy.sample.enabled = true\nprivacy.noise = "seeded"')
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.user_attrs["n_trials_drawn"] == len(read_trials(out)) == 2  # seed 0: K = 2
+    stopping = json.loads((out / "privacy.json").read_text())["random_stopping"]
+    assert not stopping["applies"]  # KerasTuner's random oracle: no i.i.d. trials
+    assert "random oracle never repeats a point" in stopping["why"]
+    refused = {
+        'trial_distribution = "poisson"': "hyperband oracle has none",
+        "privacy_budget = 5.0": "privacy_budget does not work with KerasTuner's hyperband",
+    }
+    for index, (key, needle) in enumerate(refused.items()):
+        (tmp_path / f"b{index}").mkdir()
+        path = write_study(tmp_path / f"b{index}", sampler=None, pruner=None,
+                           extra_study=f'backend = "kerastuner"\n{key}')
+        with pytest.raises(ConfigError, match=needle):
+            Study(path)
+    ray = write_study(tmp_path / "b0", name="ray", sampler=None, pruner=None,
+                      extra_study='backend = "kerastuner"', extra_experiment='backend = "ray"')
+    with pytest.raises(ConfigError, match="needs experiment.backend = 'inline'"):
+        Study(ray)

@@ -70,7 +70,8 @@ def test_hyperband_promotes_the_top_third_of_its_bracket_at_a_rung(direction):
 def test_recover_interrupted_records_fails_and_enqueues_nothing():
     import optuna
 
-    from search.optuna_backend import finished_trials, interrupted_trials, recover_interrupted
+    from search.optuna_backend import recover_interrupted
+    from search.study_store import finished_trials, interrupted_trials
 
     space = {"x": optuna.distributions.FloatDistribution(0, 1)}
     study = optuna.create_study(direction="maximize")
@@ -94,7 +95,8 @@ def _fresh_search(sampler: str, storage, workers: int = 1, worker: int = 0):
     space = SearchSpace.from_dict({"x": {"type": "float", "low": -3, "high": 3},
                                    "y": {"type": "float", "low": -3, "high": 3}})
     settings = SimpleNamespace(seed=1, sampler=sampler, n_trials=12, workers=workers,
-                               directions=["minimize"])  # NSGA-II population 4
+                               directions=["minimize"], backend="optuna",
+                               release="all")  # NSGA-II population 4
     study = SimpleNamespace(settings=settings, space=space)
     return OptunaSearch(study, optuna.load_study(study_name="g", storage=storage), storage,
                         worker=worker)

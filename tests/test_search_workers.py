@@ -17,7 +17,7 @@ def test_two_worker_processes_propose_distinct_parameters_reproducibly(tmp_path,
 
     from search import run_search
     from search.config import Study
-    from search.storage import make_storage
+    from search.study_store import make_storage
 
     def run(directory) -> list:
         directory.mkdir()
