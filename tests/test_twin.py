@@ -85,7 +85,8 @@ def test_dp_and_fedprox_are_exported(tmp_path):
     cfg = _config(tmp_path, **{"federation.strategy": "fedprox",
                                "federation.strategy_args.proximal_mu": 0.1,
                                "privacy.client.mode": "server_fixed",
-                               "privacy.client.noise_multiplier": 0.8})
+                               "privacy.client.noise_multiplier": 0.8,
+                               "privacy.noise": "seeded"})
     experiment = export_experiment(cfg, tmp_path / "x")
     assert experiment["algorithm"] == {"name": "fedprox", "proximal_mu": 0.1}
     assert experiment["client_dp"]["noise_multiplier"] == 0.8
@@ -96,6 +97,7 @@ def test_dp_and_fedprox_are_exported(tmp_path):
     {"federation.strategy": "fedmedian"},
     {"privacy.client.mode": "server_adaptive"},
     {"model.dropout": 0.2},
+    {"privacy.client.mode": "server_fixed"},  # secure noise: the sample cannot be replayed
 ])
 def test_configs_without_twin_are_config_errors(tmp_path, overrides):
     from sandbox.engine.twin import run_twin

@@ -62,6 +62,10 @@ def check_twinnable(cfg: Config) -> None:
     if cfg.model.dropout:
         problems.append("model.dropout must be 0 for a twin: each framework draws its own "
                         "dropout masks, so the weights could not agree")
+    if cfg.privacy.client.mode != "off" and cfg.privacy.noise != "seeded":
+        problems.append("privacy.noise must be 'seeded' for a client-level DP twin: the "
+                        "export hands TFF the clients the server will sample, which secure "
+                        "noise keeps secret (a twin is a cross-check, not a private release)")
     if cfg.privacy.audit.canaries:
         problems.append("privacy.audit.canaries must be 0 for a twin (canaries change the "
                         "clients' data after partitioning)")
