@@ -109,7 +109,9 @@ def plot_privacy(ledger, accountant: str, path: Path, title: str) -> None:
                 label="client-level (federation)")
     ax.set_xlabel("round")
     ax.set_ylabel(f"ε at δ={ledger.delta:g} ({accountant.upper()})")
-    ax.set_title(title)
+    ax.set_title(title if ledger.upper_bound else
+                 f"{title}\nnot an upper bound: see privacy.json assumptions",
+                 fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -133,6 +135,12 @@ def plot_utility_privacy(rows: list[dict], path: Path, title: str) -> None:
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", color=colors[framework],
                     label=f"{framework} (DP)")
+        loose = [(r["epsilon"], r["final_test_accuracy"]) for r in rows
+                 if r["framework"] == framework and not r["baseline"]
+                 and r.get("epsilon_upper_bound") is False]
+        if loose:  # hollow markers: this ε is not an upper bound (epsilon_caveats)
+            ax.scatter(*zip(*loose, strict=True), s=90, facecolors="none",
+                       edgecolors="black", zorder=3, label="ε not an upper bound")
         for r in rows:
             if r["framework"] == framework and r["baseline"]:
                 ax.axhline(r["final_test_accuracy"], ls="--", color=colors[framework],

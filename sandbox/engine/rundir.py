@@ -210,7 +210,8 @@ def write_run(
         plots.plot_partitions(stats, run_dir.path / "partitions.png",
                               f"{cfg.data.dataset}: {cfg.data.partitioner} partition")
         if record.ledger.mechanisms:
-            plots.plot_privacy(record.ledger, cfg.privacy.accountant,
+            plots.plot_privacy(PrivacyLedger.for_config(cfg, record.ledger.mechanisms),
+                               cfg.privacy.accountant,
                                run_dir.path / "privacy.png", f"{cfg.name}: ε per round")
     for name in (CHECKPOINT, CHECKPOINT_INFO):  # only a stopped run needs them
         (run_dir.path / name).unlink(missing_ok=True)
