@@ -35,7 +35,7 @@ import keras_tuner  # noqa: E402
 
 from sandbox.core.results import StopReason  # noqa: E402
 from search.objective import TrialOutcome  # noqa: E402
-from search.study_store import target_trials  # noqa: E402
+from search.study_store import NO_TRIAL_DRAWN, target_trials  # noqa: E402
 from search.trials import mixed_seed, run_budgeted_trial  # noqa: E402
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ def make_oracle(study: Study, max_trials: int | None = None):
 def run_kerastuner(study: Study, optuna_study: optuna.Study, *, resume: bool) -> str:
     """Run (or resume) the KerasTuner search; return why it stopped."""
     if target_trials(study, optuna_study) == 0:
-        return "no trial: the Poisson trial count drawn was 0"
+        return NO_TRIAL_DRAWN
     hp = keras_tuner.HyperParameters()
     study.space.declare_keras_tuner(hp)
     drawn = optuna_study.user_attrs.get("n_trials_drawn")  # applied: max_trials

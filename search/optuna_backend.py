@@ -42,6 +42,7 @@ from sandbox.core.errors import RunPruned
 from sandbox.engine import interrupt
 from search.study_store import (
     INTERRUPTED_TRIALS,
+    NO_TRIAL_DRAWN,
     independent_proposals,
     interrupted_trials,
     make_storage,
@@ -181,7 +182,8 @@ class OptunaSearch:
             if self._should_stop(earlier):
                 return
             self._run_one(slot, earlier)
-        self.stop_reason = self.stop_reason or "n_trials reached"
+        self.stop_reason = self.stop_reason or (
+            "n_trials reached" if target else NO_TRIAL_DRAWN)
 
     def _finished_before(self, end: int) -> list | None:
         """The trials of slots ``< end`` once they have all finished, else ``None``."""

@@ -61,7 +61,7 @@ def best_trial(study: Study, optuna_study: optuna.Study):
 
     complete = optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
-        return None, "no trial completed a round"
+        return None, ("no trial completed a round" if optuna_study.trials else "no trial ran")
     if len(study.settings.objectives) == 1:
         return optuna_study.best_trial, ""
     limit = study.settings.epsilon_max

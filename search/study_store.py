@@ -42,6 +42,8 @@ INTERRUPTED_TRIALS = "interrupted_trials"
 N_TRIALS_DRAWN = "n_trials_drawn"
 N_TRIALS_SOURCE = "n_trials_source"
 PROPOSAL_KEY = "proposal_key"
+#: Stop reason of a study whose Poisson trial count came out 0 (nothing ran).
+NO_TRIAL_DRAWN = "no trial: the Poisson trial count drawn was K = 0"
 
 
 def storage_url(study: Study) -> str:

@@ -175,3 +175,27 @@ def test_a_study_on_noised_federated_validation_charges_its_epsilon(tmp_path):
         rows = json.loads((Path(t["run_dir"]) / "metrics.json").read_text())[1:]
         assert all(len(r["fed_val_partitions"]) == 2 and r["fed_val_weighted"] for r in rows)
         assert float(t["client_rounds"]) == sum(len(r["train_partitions"]) for r in rows)
+
+
+@pytest.mark.parametrize("client_dp", [False, True])
+def test_round_rows_say_who_trained_who_evaluated_and_how_it_was_weighted(small, client_dp):
+    """The rows the search reads: partitions from the strategy's own records, examples
+    from the evaluate replies, unit weights under client-level DP."""
+    import sandbox
+    from sandbox.core.experiment import load_experiment_data
+
+    dp = {"privacy.client.mode": "server_fixed", "privacy.client.noise_multiplier": 0.1,
+          "privacy.client.clipping_norm": 5.0} if client_dp else {}
+    cfg = small(rounds=2, **{"federation.fraction_train": 0.5,
+                             "federation.fraction_evaluate": 0.5, **dp})
+    run_dir = sandbox.run(cfg).run_dir
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    taken = json.loads((run_dir / "participation.json").read_text())
+    sizes = [len(c.y_val) for c in load_experiment_data(cfg).clients]
+    assert rows[0]["fed_val_partitions"] is None
+    for row in rows[1:]:
+        assert row["train_partitions"] == taken[str(row["round"])]["train"]
+        assert row["fed_val_partitions"] == taken[str(row["round"])]["evaluate"]
+        assert len(row["fed_val_partitions"]) == 2
+        assert row["fed_val_examples"] == sum(sizes[p] for p in row["fed_val_partitions"])
+        assert row["fed_val_weighted"] is not client_dp
