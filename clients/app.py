@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 
 from clients.dp import account_round, client_mods
 from clients.schedule import batch_schedule, client_randomness, poisson_schedule
+from clients.threads import framework_threads
 from clients.trainer import Trainer, get_trainer
 from sandbox.core import wire
 from sandbox.core.config import Config
@@ -53,6 +54,7 @@ def make_client_app(cfg: Config) -> ClientApp:
     # Client-side clipping applies to training replies only (evaluate and query messages
     # carry no model update to clip).
     @app.train(mods=client_mods(cfg.privacy.client.mode))
+    @with_client_threads(cfg)
     @failures_as_replies(cfg, "train")
     def train(msg: Message, context: Context) -> Message:
         partition_id, data, spec, trainer = local(context)
@@ -91,6 +93,7 @@ def make_client_app(cfg: Config) -> ClientApp:
                        reply_to=msg)
 
     @app.evaluate()
+    @with_client_threads(cfg)
     @failures_as_replies(cfg, "evaluate")
     def evaluate(msg: Message, context: Context) -> Message:
         _, data, spec, trainer = local(context)
@@ -103,6 +106,26 @@ def make_client_app(cfg: Config) -> ClientApp:
         return Message(RecordDict({wire.METRICS: metrics}), reply_to=msg)
 
     return app
+
+
+def with_client_threads(cfg: Config):
+    """Decorator: the handler's framework ops run on ``runtime.threads_per_client`` threads.
+
+    Applied in the thread that handles the message, whichever backend started it (torch
+    keeps its count per thread; see :mod:`clients.threads`). It sits outside
+    :func:`failures_as_replies`, so a process that cannot give TensorFlow the configured
+    count raises ``ThreadsUnavailable`` rather than counting as an ordinary client failure.
+    """
+
+    def decorate(handler):
+        @functools.wraps(handler)
+        def wrapped(msg: Message, context: Context) -> Message:
+            with framework_threads(cfg.framework, cfg.runtime.threads_per_client):
+                return handler(msg, context)
+
+        return wrapped
+
+    return decorate
 
 
 def failures_as_replies(cfg: Config, purpose: str):

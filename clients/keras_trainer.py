@@ -33,6 +33,7 @@ import tensorflow as tf  # noqa: E402
 
 from clients.keras_dp import clipped_gradient_sum  # noqa: E402
 from clients.schedule import PAD  # noqa: E402
+from clients.threads import default_tensorflow_threads  # noqa: E402
 from sandbox.core.config import TrainConfig  # noqa: E402
 from sandbox.core.models import ModelSpec  # noqa: E402
 from sandbox.core.privacy import SampleDPPlan  # noqa: E402
@@ -42,6 +43,10 @@ if keras.backend.backend() != "tensorflow":
     raise RuntimeError(
         f"the Keras trainer needs KERAS_BACKEND=tensorflow, found '{keras.backend.backend()}'"
     )
+
+# TensorFlow fixes its thread pools at its first op: models built outside a run (tests,
+# benchmarks) then share the pool size of runs with the default thread count.
+default_tensorflow_threads()
 
 
 def build_model(spec: ModelSpec, weights: list[np.ndarray] | None = None) -> keras.Model:

@@ -1,7 +1,8 @@
 """Client selection and aggregation order are pure functions of the config and seed.
 
-The matrix: framework x backend x "alone in a fresh process" vs "after other runs in the
-same process". Every cell must give the same per-round metrics and the same clients.
+The matrix: framework x thread count x backend x "alone in a fresh process" vs "after other
+runs in the same process". Every cell must give the same per-round metrics and the same
+clients.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import pytest
 
 import sandbox
+from clients.threads import DEFAULT_THREADS, ThreadsUnavailable, tensorflow_threads
 from sandbox.core.sampling import clients_for_round, sample_size
 from tests.conftest import ROOT, small_overrides
 from tests.test_runtime import _subprocess_run
@@ -53,26 +55,51 @@ def test_sampling_is_uniform_over_clients():
     assert all(abs(c - 600) < 103 for c in counts), counts
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("framework", ["torch", "keras"])
-def test_determinism_matrix(tmp_path, framework):
-    """Alone vs after other runs, inline vs Ray: the same clients and metrics."""
-    extra = {"framework": framework, **PARTIAL}
+def test_determinism_matrix(tmp_path, framework, threads):
+    """Alone vs after other runs, inline vs Ray: the same clients and metrics.
+
+    At 1 thread per client and server (the default: no override) and at 2, so a backend
+    whose thread count comes from the machine or from ``OMP_NUM_THREADS`` instead of the
+    config fails here (torch's losses differ in the last bits between 1 and 2 threads).
+    """
+    assert DEFAULT_THREADS == 1  # the 1-thread cells are the default cells
+    counts = {} if threads == DEFAULT_THREADS else {
+        "runtime.threads_per_client": threads, "runtime.server_threads": threads}
+    extra = {"framework": framework, **PARTIAL, **counts}
     other = "keras" if framework == "torch" else "torch"
     cells = {
         "inline, alone": _subprocess_run(RUN.format(tmp=str(tmp_path / "a"), before=[],
                                                     extra=extra)),
         "inline, after other runs": _subprocess_run(RUN.format(
             tmp=str(tmp_path / "b"), extra=extra,
-            before=[{"framework": other, "seed": 5}, {"framework": framework, "seed": 9}])),
+            before=[{"framework": other, "seed": 5, **counts},
+                    {"framework": framework, "seed": 9, **counts}])),
         "ray, alone": _subprocess_run(RUN.format(tmp=str(tmp_path / "c"), before=[],
                                                  extra=extra | {"backend": "ray"})),
     }
-    in_process = sandbox.run(sandbox.load_config(ROOT / "configs" / "quickstart.toml",
-                                                 small_overrides(tmp_path / "d", **extra)))
     reference = cells["inline, alone"]
     chosen = reference["participation"]
     assert [len(chosen[str(r)]["train"]) for r in (1, 2, 3)] == [3, 3, 3]
-    assert json.dumps(in_process.rounds) == json.dumps(reference["rounds"])
     for name, cell in cells.items():
         assert cell["participation"] == chosen, name
         assert json.dumps(cell["rounds"]) == json.dumps(reference["rounds"]), name
+    in_process = sandbox.load_config(ROOT / "configs" / "quickstart.toml",
+                                     small_overrides(tmp_path / "d", **extra))
+    if framework == "keras" and threads != DEFAULT_THREADS:
+        # This process's TensorFlow runs with the default count (the other tests' runs),
+        # which it cannot change: the run must refuse before writing anything.
+        _tensorflow_started_with(DEFAULT_THREADS)
+        with pytest.raises(ThreadsUnavailable, match=f"needs TensorFlow with {threads} thr"):
+            sandbox.run(in_process)
+        assert not (tmp_path / "d").exists()
+        return
+    assert json.dumps(sandbox.run(in_process).rounds) == json.dumps(reference["rounds"])
+
+
+def _tensorflow_started_with(count: int) -> None:
+    import tensorflow as tf
+
+    tensorflow_threads(count)  # raises if this process's TensorFlow runs another count
+    tf.constant(0.0).numpy()  # the first op starts TensorFlow, which fixes its pools

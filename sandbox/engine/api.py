@@ -6,11 +6,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clients.threads import framework_threads
 from sandbox.core.errors import RunDiverged, RunFailed, RunPruned, SandboxError
 from sandbox.core.results import RunResult, StopReason
 from sandbox.engine.preflight import Prepared, preflight
 from sandbox.engine.recorder import RunRecorder
 from sandbox.engine.rundir import RunDirectory, write_run
+from sandbox.engine.runtime import reserve_threads
 
 if TYPE_CHECKING:
     from sandbox.core.config import Config
@@ -55,6 +57,7 @@ def run(config: Config, *, callbacks=(), prior_ledger: PrivacyLedger | None = No
     """
     started = time.perf_counter()
     prepared = preflight(config)
+    reserve_threads(config)
     run_dir = RunDirectory(config)
     return _execute(config, run_dir, prepared, started, callbacks=callbacks,
                     prior_ledger=prior_ledger)
@@ -95,6 +98,7 @@ def resume(run_dir: str | Path, *, callbacks=(), progress: bool | None = None) -
                            "needs backend 'inline' (node states live in the process)")
     checkpoint = load_checkpoint(path, config.config_hash())
     prepared = preflight(config)
+    reserve_threads(config)
     directory = RunDirectory.reopen(path)
     return _execute(config, directory, prepared, started, callbacks=callbacks,
                     resume=checkpoint)
@@ -126,7 +130,8 @@ def _execute(config: Config, run_dir: RunDirectory, prepared: Prepared, started:
         if config.privacy.audit.membership or config.privacy.audit.canaries:
             from clients import run_audits
 
-            audits = run_audits(config, prepared.spec, list(record.weights.values()))
+            with framework_threads(config.framework, config.runtime.server_threads):
+                audits = run_audits(config, prepared.spec, list(record.weights.values()))
         return write_run(run_dir, config, prepared.data, record,
                          time.perf_counter() - started, audits)
     except BaseException as exc:

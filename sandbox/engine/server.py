@@ -4,7 +4,8 @@ The strategy is built as ``accounted(DP wrapper?(registry strategy))``: the opti
 client-level DP wrapper (:mod:`strategies.client_dp`), and outermost the privacy
 ledger / budget wrapper (``strategies.accounted``). The global model is evaluated with a model from
 ``clients.get_evaluator`` on the server-held validation set and on the global test set
-after round 0 (the initial model) and every round.
+after round 0 (the initial model) and every round, on ``runtime.server_threads`` threads
+(:mod:`clients.threads`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 import strategies
 from clients import get_evaluator
+from clients.threads import framework_threads
 from sandbox.core import wire
 from sandbox.core.errors import BudgetExhausted
 from sandbox.core.experiment import load_experiment_data
@@ -91,16 +93,21 @@ def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver,
         accounted = resume.strategy
         initial = accounted.result.arrays
         first_round = resume.server_round + 1
-    evaluator = get_evaluator(cfg.framework, spec, cfg.train)
+    # The server's framework work runs on runtime.server_threads threads, set in the thread
+    # that evaluates (Flower's simulation runs the ServerApp in a thread of its own).
+    with framework_threads(cfg.framework, cfg.runtime.server_threads):
+        evaluator = get_evaluator(cfg.framework, spec, cfg.train)
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        evaluator.set_weights(wire.record_to_arrays(spec, arrays))
-        val_loss, val_accuracy = evaluator.evaluate(data.x_val, data.y_val)
-        test_loss, test_accuracy = evaluator.evaluate(data.x_test, data.y_test)
-        central = {"central_val_loss": val_loss, "central_val_accuracy": val_accuracy,
-                   "central_test_loss": test_loss, "central_test_accuracy": test_accuracy}
-        privacy = accounted.ledger.round_summary(server_round, cfg.privacy.accountant)
-        observer.round_finished(server_round, {**central, **privacy})
+        # Round callbacks run inside too: one may re-evaluate the model (twin runs).
+        with framework_threads(cfg.framework, cfg.runtime.server_threads):
+            evaluator.set_weights(wire.record_to_arrays(spec, arrays))
+            val_loss, val_accuracy = evaluator.evaluate(data.x_val, data.y_val)
+            test_loss, test_accuracy = evaluator.evaluate(data.x_test, data.y_test)
+            central = {"central_val_loss": val_loss, "central_val_accuracy": val_accuracy,
+                       "central_test_loss": test_loss, "central_test_accuracy": test_accuracy}
+            privacy = accounted.ledger.round_summary(server_round, cfg.privacy.accountant)
+            observer.round_finished(server_round, {**central, **privacy})
         return MetricRecord(central)
 
     # The inline grid exposes its nodes' Context.state (checkpoints keep it).

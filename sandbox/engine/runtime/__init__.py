@@ -1,7 +1,9 @@
 """Runtime backends: ``inline`` (in-process Grid, default) and ``ray`` (Flower simulation).
 
 Both run the same ``ServerApp`` (``sandbox.engine.server``) and ``ClientApp``
-(``clients.app``). Flower is imported only when a run starts.
+(``clients.app``). Flower is imported only when a run starts. Both apps set the
+configured thread counts themselves (:mod:`clients.threads`), so a backend needs no thread
+set-up of its own; :func:`reserve_threads` checks before a run that its process can.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 from typing import TYPE_CHECKING, get_args
 
 from sandbox.core.config import Backend
+from sandbox.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from sandbox.core.config import Config
@@ -49,3 +52,32 @@ def run_federation(cfg: Config, observer: RoundObserver,
         run_ray(server_app, client_app, cfg)
     else:
         raise ValueError(f"unknown backend '{cfg.backend}'; allowed: {', '.join(BACKENDS)}")
+
+
+def reserve_threads(cfg: Config) -> None:
+    """Check, before a run writes anything, that this process can run ``cfg``'s thread counts.
+
+    TensorFlow sizes its thread pools once per process (:mod:`clients.threads`). On the
+    inline backend clients and server share this process, so a Keras run needs
+    ``runtime.threads_per_client == runtime.server_threads``; and the process that runs the
+    server gets its count now, or :class:`~clients.threads.ThreadsUnavailable` if its
+    TensorFlow already runs with another. torch counts can change at any time.
+
+    Raises
+    ------
+    ConfigError
+        Keras on the inline backend with two different counts.
+    ThreadsUnavailable
+        This process's TensorFlow already runs with another count.
+    """
+    if cfg.framework != "keras":
+        return
+    client, server = cfg.runtime.threads_per_client, cfg.runtime.server_threads
+    if cfg.backend == "inline" and client != server:
+        raise ConfigError(
+            f"runtime.server_threads = {server} differs from runtime.threads_per_client = "
+            f"{client}: with framework = 'keras' and backend = 'inline', clients and server "
+            "share one TensorFlow thread pool; set the two equal, or use backend = 'ray'")
+    from clients.threads import tensorflow_threads
+
+    tensorflow_threads(server)
