@@ -11,6 +11,8 @@ import pytest
 from sandbox import ConfigError
 from tests.test_search import read_trials, write_study
 
+SQRT2 = math.sqrt(2.0)  # L2 norm of (1, 1): the sensitivity every release must keep
+
 
 @pytest.mark.parametrize("overrides,needle", [
     ({"study.prunr": "x"}, r"study.prunr: unknown key 'prunr' in \[study\]; allowed keys: name"),
@@ -98,41 +100,44 @@ def test_client_level_evaluation_releases_a_count_of_clients_within_its_sensitiv
     example moves. The release is (Σ accuracies, clients), charged to the federation."""
     import numpy as np
 
-    from search.evaluation import SENSITIVITY, Evaluation
+    from search.evaluation import Evaluation
 
     _, cfg = _evaluation_cfg(tmp_path, eval_noise_multiplier=1.0)
     scorer = Evaluation(0.5, 1.0, seed=4).for_trial(cfg, source="t")
     clients = [(5, 10), (50, 100)]
     row = engine_row(clients, weighted=False)
+    scorer.score(1, row)  # a client-level release: the federation scope pays
+    assert {m.scope for m in scorer.ledger.mechanisms} == {"federation"}
+    assert all(m.entry == (1.0, 1.0, 1) for m in scorer.ledger.mechanisms)
     moved = engine_row([(6, 11), (50, 100)], weighted=False)  # one example added
     old = [np.array([r["fed_val_accuracy"] * r["fed_val_examples"], r["fed_val_examples"]])
            for r in (row, moved)]
-    assert np.linalg.norm(old[0] - old[1]) > 3.0 > SENSITIVITY  # the old bound is exceeded
+    assert np.linalg.norm(old[0] - old[1]) > 3.0 > SQRT2  # the old bound is exceeded
     for neighbour in neighbours(clients, client_level=True):
         distance = np.linalg.norm(scorer.release(row).values
                                   - scorer.release(engine_row(neighbour, weighted=False)).values)
-        assert distance <= SENSITIVITY + 1e-12, neighbour
-    scorer.score(1, row)
-    assert {m.scope for m in scorer.ledger.mechanisms} == {"federation"}
-    assert all(m.entry == (1.0, 1.0, 1) for m in scorer.ledger.mechanisms)
+        assert distance <= SQRT2 + 1e-12, neighbour
+    from search.evaluation import SENSITIVITY  # the √2 the noise is calibrated to
+
+    assert SENSITIVITY == SQRT2
 
 
 def test_weighted_evaluation_releases_exact_counts_charged_to_the_evaluated_clients(tmp_path):
     import numpy as np
 
-    from search.evaluation import SENSITIVITY, Evaluation
+    from search.evaluation import Evaluation
 
     _, cfg = _evaluation_cfg(tmp_path, eval_noise_multiplier=1.0)
     scorer = Evaluation(0.5, 1.0, seed=4).for_trial(cfg, source="t")
     clients = [(7, 13), (40, 91), (0, 5)]
     row = engine_row(clients, weighted=True) | {"fed_val_partitions": [1, 2, 3]}
+    scorer.score(2, row)  # the row's partitions pay, not a re-drawn sample
+    assert {m.scope for m in scorer.ledger.mechanisms} == {"client-1", "client-2", "client-3"}
     assert scorer.release(row).values.tolist() == [47.0, 109.0]
     for neighbour in neighbours(clients, client_level=False):
         distance = np.linalg.norm(scorer.release(row).values
                                   - scorer.release(engine_row(neighbour, weighted=True)).values)
-        assert distance <= SENSITIVITY + 1e-12, neighbour
-    scorer.score(2, row)  # the row's partitions pay, not a re-drawn sample
-    assert {m.scope for m in scorer.ledger.mechanisms} == {"client-1", "client-2", "client-3"}
+        assert distance <= SQRT2 + 1e-12, neighbour
 
 
 def test_noised_score_is_secure_by_default_and_reproducible_only_when_seeded(tmp_path):
