@@ -167,17 +167,22 @@ def epsilon_lower_bound(flagged: np.ndarray, empty: np.ndarray, delta: float = D
 
 def best_test(features: dict[str, np.ndarray], empty: np.ndarray
               ) -> tuple[str, str, float]:
-    """Feature, side and threshold with the largest ε_lb on these (training) rounds."""
-    best, best_bound = ("step norm", ">=", math.inf), -1.0
+    """Feature, side and threshold with the largest ε_lb on these (training) rounds.
+
+    Ties (several tests at the bound the sample size allows) go to the larger balanced
+    accuracy, the test most likely to stay perfect on other rounds.
+    """
+    best, best_score = ("step norm", ">=", math.inf), (-1.0, 0.0)
     if not empty.any() or empty.all():
         return best
     for name, values in features.items():
         for threshold in np.unique(np.quantile(values, np.linspace(0, 1, 201))):
             for side in (">=", "<="):
                 flagged = values >= threshold if side == ">=" else values <= threshold
-                bound = epsilon_lower_bound(flagged, empty)
-                if bound > best_bound:
-                    best, best_bound = (name, side, float(threshold)), bound
+                accuracy = (flagged[empty].mean() + (~flagged[~empty]).mean()) / 2
+                score = (epsilon_lower_bound(flagged, empty), float(accuracy))
+                if score > best_score:
+                    best, best_score = (name, side, float(threshold)), score
     return best
 
 
