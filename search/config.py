@@ -250,7 +250,8 @@ class Study:
         return "\n".join([
             f"# {self.command}",
             f"# objective 'accuracy': {self.settings.objective_source}",
-            f"# trials and reports go to {self.directory}/ (nothing was run)", "",
+            f"# trials go to {self.work_directory}/, the report to {self.directory}/ "
+            "(nothing was run)", "",
             dict_to_toml({"study": settings}).strip(), "",
             dict_to_toml({"space": space}).strip(), "",
             "# [experiment]: the resolved base config of every trial",

@@ -53,7 +53,8 @@ class FederatedTuner(keras_tuner.Tuner):
 
     The study's client-round budget and privacy budget apply exactly as with Optuna
     (:mod:`search.trials`): a trial that would overspend the privacy budget stops before
-    the exceeding round, and the search stops after it.
+    the exceeding round, and the search stops after it. (The hyperband oracle refuses a
+    privacy budget: a continued run cannot be told what the study spent meanwhile.)
     """
 
     def __init__(self, oracle, study: Study, optuna_study: optuna.Study, **kwargs) -> None:
@@ -102,11 +103,13 @@ class FederatedTuner(keras_tuner.Tuner):
     def _copy_run(self, continued, name: str) -> Path:
         """A copy of the stopped run ``continued`` ran, as ``<run>.partial`` to resume.
 
-        The copy leaves the earlier trial's directory as it was at its rung.
+        The copy leaves the earlier trial's directory as it was at its rung; a copy left
+        by an interrupted attempt at this trial is replaced.
         """
         source = Path(continued.user_attrs["run_dir"])
         target = source.with_name(f"{name}-from-kt{continued.user_attrs['kerastuner_trial']}"
                                   ".partial")
+        shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(source, target)
         return target
 
