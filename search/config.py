@@ -227,7 +227,7 @@ class Study:
         return f"fedsandbox search {self.path} {sets}".strip()
 
     def trial_config(self, values: dict[str, Any], *, rounds: int | None = None,
-                     name: str = "trial") -> Config:
+                     name: str = "trial", slot: int | None = None) -> Config:
         raw = self.space.apply(self.base_raw, values)
         raw["name"] = name
         raw.setdefault("output", {}).update(
@@ -235,8 +235,11 @@ class Study:
              "tensorboard": False})
         if rounds is not None:
             raw["rounds"] = int(rounds)
-        if self.settings.eval_fraction:  # the seeded client subsample the objective reads
-            raw.setdefault("federation", {})["fraction_evaluate"] = self.settings.eval_fraction
+        if self.settings.eval_fraction:  # the client subsample the objective reads
+            federation = raw.setdefault("federation", {})
+            federation["fraction_evaluate"] = self.settings.eval_fraction
+            if slot is not None:  # drawn anew for each trial, as in Kuo et al. (2023)
+                federation["evaluate_seed"] = evaluation_seed(self.settings.seed, slot)
         return validate_config(raw, source=f"{self.path} trial {values}")
 
     def describe(self) -> str:
@@ -256,6 +259,14 @@ class Study:
             dict_to_toml({"space": space}).strip(), "",
             "# [experiment]: the resolved base config of every trial",
             dict_to_toml({"experiment": self.base.to_dict()}).strip(), ""])
+
+
+def evaluation_seed(study_seed: int, slot: int) -> int:
+    """The seed of a trial's federated-evaluation sample: from (study seed, slot) only."""
+    import numpy as np
+
+    state = np.random.SeedSequence([0xE7A1, study_seed, slot]).generate_state(1)[0]
+    return int(state & 0x7FFFFFFF)
 
 
 def _parse_settings(settings: dict[str, Any], path: Path) -> StudyConfig:

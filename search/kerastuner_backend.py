@@ -36,7 +36,11 @@ import keras_tuner  # noqa: E402
 from sandbox.core.results import StopReason  # noqa: E402
 from search.objective import TrialOutcome  # noqa: E402
 from search.study_store import NO_TRIAL_DRAWN, target_trials  # noqa: E402
-from search.trials import mixed_seed, run_budgeted_trial  # noqa: E402
+from search.trials import (  # noqa: E402
+    client_budget_spent,
+    mixed_seed,
+    run_budgeted_trial,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -67,7 +71,7 @@ class FederatedTuner(keras_tuner.Tuner):
         settings = self.study.settings
         recorded = self.optuna_study.get_trials(deepcopy=False)
         budget = settings.client_round_budget
-        if budget and sum(t.user_attrs.get("client_rounds", 0) for t in recorded) >= budget:
+        if client_budget_spent(self.study, [t.user_attrs for t in recorded]):
             raise BudgetSpent(f"client-round budget {budget} spent")
         values = self.study.space.values_from_keras_tuner(trial.hyperparameters)
         hp = trial.hyperparameters.values

@@ -28,6 +28,7 @@ from sandbox.core.experiment import load_experiment_data
 from sandbox.core.privacy import PrivacyLedger
 from sandbox.core.privacy.assumptions import epsilon_caveats
 from sandbox.core.results import SELECTION_METRIC, StopReason
+from sandbox.core.sampling import sample_size
 from sandbox.engine.api import resume, run
 from search.evaluation import Evaluation
 
@@ -132,7 +133,7 @@ def run_trial(
     cfg: Config, *, report: Callable[[int, float], None] | None = None,
     prior_ledger: PrivacyLedger | None = None, evaluation: Evaluation | None = None,
     stop_after: int | None = None, continue_run: Path | None = None,
-    earlier: TrialOutcome | None = None,
+    earlier: TrialOutcome | None = None, client_round_limit: float | None = None,
 ) -> TrialOutcome:
     """Run one trial's experiment; never raises for a failed or pruned experiment.
 
@@ -143,6 +144,9 @@ def run_trial(
     :func:`sandbox.engine.api.resume` instead of starting afresh, and ``earlier`` the
     outcome of the rounds it continues from. Compute and client-rounds count only the
     rounds this call ran; the run's ledger (and ε) covers the whole run once.
+    Client-rounds count every client that trained or evaluated in a round; with
+    ``client_round_limit`` the run stops (pruned) after the last round whose successor
+    could take it past that limit, so a study's budget is never overrun.
     """
     scorer = (evaluation or Evaluation()).for_trial(cfg, source=cfg.name)
     seen = _Progress()
@@ -157,9 +161,13 @@ def run_trial(
         seen.central.append(row[SELECTION_METRIC])
         seen.tests.append(row["central_test_accuracy"])
         seen.compute += sum(work[pid] for pid in row["train_partitions"])
-        seen.client_rounds += len(row["train_partitions"])
+        seen.client_rounds += len(row["train_partitions"]) + len(row["fed_val_partitions"])
         if report is not None:
             report(server_round, seen.scores[-1])
+        if (client_round_limit is not None and server_round < cfg.rounds
+                and seen.client_rounds + round_cost_bound(cfg) > client_round_limit):
+            raise RunPruned(server_round, "client-round budget: another round could pass "
+                            f"the study's remaining {client_round_limit:g} client-rounds")
         if stop_after is not None and server_round == stop_after < cfg.rounds:
             raise RunPruned(server_round, f"Hyperband rung: {stop_after} of {cfg.rounds} "
                             "rounds (checkpoint kept to continue)")
@@ -180,6 +188,18 @@ def run_trial(
         accuracy_per_round=seen.scores, central_val_per_round=seen.central,
         eval_ledger=scorer.ledger, epsilon_caveats=list(result.epsilon_caveats),
         reason=result.stopped_early.reason if result.stopped_early else "")
+
+
+def round_cost_bound(cfg: Config) -> int:
+    """Most client-rounds one round of ``cfg`` can take: training plus evaluation clients.
+
+    Fixed-size samples are exact; a Poisson sample (client-level DP) may hold every client.
+    """
+    clients = cfg.data.num_clients
+    train = (clients if cfg.privacy.client.mode != "off"
+             else cfg.federation.clients_per_round(clients))
+    fraction = cfg.federation.fraction_evaluate
+    return train + (sample_size(clients, fraction) if fraction else 0)
 
 
 def _stopped_outcome(cfg: Config, exc: RunFailed, seen: _Progress,

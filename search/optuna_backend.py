@@ -51,7 +51,12 @@ from search.study_store import (
     proposal_seed,
     target_trials,
 )
-from search.trials import is_budget_stop, mixed_seed, run_budgeted_trial
+from search.trials import (
+    client_budget_spent,
+    is_budget_stop,
+    mixed_seed,
+    run_budgeted_trial,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -205,7 +210,7 @@ class OptunaSearch:
     def _should_stop(self, earlier: list) -> bool:
         """Stop before this batch? Reads only earlier batches: every worker agrees."""
         budget = self.study.settings.client_round_budget
-        if budget and sum(t.user_attrs.get("client_rounds", 0) for t in earlier) >= budget:
+        if client_budget_spent(self.study, [t.user_attrs for t in earlier]):
             self.stop_reason = f"client-round budget {budget} spent"
             return True
         if any(is_budget_stop(t.user_attrs) for t in earlier):

@@ -25,6 +25,7 @@ import numpy as np
 
 from sandbox.core.errors import ConfigError
 from sandbox.core.results import StopReason
+from sandbox.core.sampling import sample_size
 from search.evaluation import Evaluation
 from search.objective import TrialOutcome, run_trial, superseded_runs, trial_ledgers
 
@@ -72,14 +73,16 @@ def run_budgeted_trial(study: Study, values: dict[str, Any], *, name: str, slot:
     :func:`~search.objective.run_trial` (Hyperband rungs; no privacy budget then).
     """
     evaluation = evaluation_for(study, slot)
+    spent = list(spent)
     try:
-        cfg = study.trial_config(values, rounds=rounds, name=name)
+        cfg = study.trial_config(values, rounds=rounds, name=name, slot=slot)
     except ConfigError as exc:
         outcome = TrialOutcome.invalid(exc)
     else:
-        outcome = _run_within_budget(study, cfg, evaluation, list(spent), report,
+        outcome = _run_within_budget(study, cfg, evaluation, spent, report,
                                      stop_after=stop_after, continue_run=continue_run,
-                                     earlier=earlier)
+                                     earlier=earlier,
+                                     client_round_limit=client_rounds_left(study, spent))
     attrs = outcome.attributes()
     if continue_run is not None and outcome.run_dir:
         attrs["continued_run"] = str(earlier.run_dir)
@@ -117,6 +120,29 @@ def _run_within_budget(study: Study, cfg: Config, evaluation: Evaluation,
         cfg = cfg.model_copy(update={"privacy": cfg.privacy.model_copy(
             update={"budget_epsilon": budget})})
     return run_trial(cfg, report=report, prior_ledger=prior, evaluation=evaluation, **rungs)
+
+
+def client_rounds_left(study: Study, spent: Iterable[dict[str, Any]]) -> float | None:
+    """The study's client-round budget minus what ``spent`` trials used (None: no budget)."""
+    budget = study.settings.client_round_budget
+    if not budget:
+        return None
+    return budget - sum(attrs.get("client_rounds", 0) for attrs in spent)
+
+
+def client_budget_spent(study: Study, spent: Iterable[dict[str, Any]]) -> bool:
+    """Too little budget left for one more round of any trial (so no trial overruns it).
+
+    The worst round trains every client (``fraction_train`` may be searched up to 1, and
+    a Poisson sample may hold everyone) and evaluates the configured fraction.
+    """
+    left = client_rounds_left(study, spent)
+    if left is None:
+        return False
+    base = study.base
+    clients = base.data.num_clients
+    fraction = study.settings.eval_fraction or base.federation.fraction_evaluate
+    return left < clients + (sample_size(clients, fraction) if fraction else 0)
 
 
 def is_budget_stop(attrs: dict[str, Any]) -> bool:

@@ -72,8 +72,7 @@ class AccountedStrategy(Strategy):
         self.cfg = cfg
         self.sample_plans = sample_plans
         self.source = source
-        self.ledger = PrivacyLedger(delta=cfg.privacy.delta,
-                                    data_fingerprint=cfg.data_fingerprint())
+        self.ledger = PrivacyLedger.for_config(cfg)
         # Mechanisms spent earlier on the same data (e.g. previous tuning trials): the
         # budget covers them too.
         self.prior = list(prior.mechanisms) if prior is not None else []
@@ -139,7 +138,10 @@ class AccountedStrategy(Strategy):
                                                self._partitions.values(), fraction,
                                                secure=self.cfg.privacy.secure_rng)
         else:
-            chosen = clients_for_round(self.cfg.seed, server_round, purpose,
+            seed = self.cfg.seed
+            if purpose == "evaluate" and self.cfg.federation.evaluate_seed is not None:
+                seed = self.cfg.federation.evaluate_seed
+            chosen = clients_for_round(seed, server_round, purpose,
                                        self._partitions.values(), fraction)
         self.participation.setdefault(server_round, {})[purpose] = chosen
         wanted = set(chosen)

@@ -395,10 +395,13 @@ def _assert_promoted_trials_continue_their_run(trials: list[dict]) -> None:
         rows = json.loads((Path(t["run_dir"]) / "metrics.json").read_text())
         before = json.loads((Path(rung["run_dir"]) / "metrics.json").read_text())
         assert rows[:2] == before  # rounds 0-1 restored, not trained again
-        assert float(t["client_rounds"]) == 4 * (3 - 1)  # only the rounds it ran
+        ran = rows[2:]  # only the rounds it ran: who trained and who evaluated
+        assert len(ran) == 2 and float(t["client_rounds"]) == sum(
+            len(r["train_partitions"]) + len(r["fed_val_partitions"]) for r in ran)
     ledgers = spent_ledgers(dict(t) for t in trials)
     charged = sum(1 for led in ledgers for m in led.mechanisms if m.scope == "client-0")
-    assert charged == sum(float(t["client_rounds"]) for t in trials) / 4  # each round once
+    # each round once: 4 clients train and 4 evaluate in every round a trial ran
+    assert charged == sum(float(t["client_rounds"]) for t in trials) / 8
 
 
 @pytest.mark.parametrize("oracle", ["random", "hyperband"])

@@ -179,7 +179,27 @@ def test_a_study_on_noised_federated_validation_charges_its_epsilon(tmp_path):
     for t in trials:  # the tuner saw what the rows say: 2 of 4 clients evaluated per round
         rows = json.loads((Path(t["run_dir"]) / "metrics.json").read_text())[1:]
         assert all(len(r["fed_val_partitions"]) == 2 and r["fed_val_weighted"] for r in rows)
-        assert float(t["client_rounds"]) == sum(len(r["train_partitions"]) for r in rows)
+        # client-rounds count who trained and who evaluated
+        assert float(t["client_rounds"]) == sum(
+            len(r["train_partitions"]) + len(r["fed_val_partitions"]) for r in rows)
+    # each trial evaluates its own subsample (Kuo et al. 2023), not the same clients
+    samples = [[r["fed_val_partitions"] for r in json.loads(
+        (Path(t["run_dir"]) / "metrics.json").read_text())[1:]] for t in trials]
+    assert samples[0] != samples[1]
+
+
+def test_client_round_budget_counts_evaluation_and_is_never_overrun(tmp_path):
+    """Budget 27 with 4 clients training and 2 evaluating per round (6 per round): the
+    first trial spends 18, the second stops after one round (another could pass 27)."""
+    from search import run_search
+
+    path = write_study(tmp_path, n_trials=10, sampler="random", rounds=3,
+                       extra_study="eval_fraction = 0.5\nclient_round_budget = 27")
+    out = run_search(path)
+    trials = read_trials(out)
+    spent = sum(float(t["client_rounds"]) for t in trials)
+    assert [float(t["client_rounds"]) for t in trials] == [18, 6] and spent <= 27
+    assert any(t["state"] == "PRUNED" for t in trials)  # the one stopped by the budget
 
 
 @pytest.mark.parametrize("client_dp", [False, True])

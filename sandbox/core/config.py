@@ -128,6 +128,9 @@ class FederationConfig(_Section):
     fraction_train: float = Field(1.0, gt=0, le=1)
     fraction_evaluate: float = Field(1.0, ge=0, le=1)
     min_train_replies: int = Field(1, ge=1)
+    #: seed of the evaluation client sample (default: the run's seed); searches give each
+    #: trial its own, so federated validation is a fresh subsample per trial
+    evaluate_seed: int | None = Field(None, ge=0, lt=2**31)
     strategy_args: dict[str, float | int | bool | str] = Field(default_factory=dict)
 
     def clients_per_round(self, num_clients: int) -> int:
