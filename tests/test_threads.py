@@ -78,7 +78,8 @@ print(json.dumps({{"sizes": sizes, "refused": refused}}))
 
 
 @pytest.mark.parametrize(("first", "expected"), [("", DEFAULT_THREADS),
-                                                 ("tensorflow_threads(3)", 3)])
+                                                 ("tensorflow_threads(3)", 3)],
+                         ids=["on-import", "set-before-import"])
 def test_tensorflow_pools_are_sized_once_and_never_silently_resized(first, expected):
     """Importing the Keras trainer gives TensorFlow the default count unless a run set one
     first; once TensorFlow started, another count is refused with a clear message."""
