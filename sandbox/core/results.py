@@ -59,9 +59,16 @@ TEST_COLUMNS = ["central_test_accuracy", "central_test_loss"]  # global test set
 #: Sampled clients that failed (raised, or gave no reply within the timeout) per round;
 #: ``failures`` holds ``{"train"|"evaluate": {partition id: "Type: message"}}`` or None.
 FAILURE_COLUMNS = ["train_failures", "evaluate_failures", "failures"]
+#: Who took part in a round (``None`` in round 0): ``train_partitions`` and
+#: ``fed_val_partitions`` list the partition ids whose training / evaluation replies were
+#: valid, ``fed_val_examples`` is the sum of their validation examples, and
+#: ``fed_val_weighted`` says whether ``fed_val_*`` weigh each client by its examples
+#: (``False`` under client-level DP, where every client counts once).
+PARTICIPATION_COLUMNS = ["train_partitions", "fed_val_partitions", "fed_val_examples",
+                         "fed_val_weighted"]
 METRIC_COLUMNS = [
     "round", *VALIDATION_COLUMNS[:2], *TEST_COLUMNS, "train_loss", *VALIDATION_COLUMNS[2:],
-    *PRIVACY_COLUMNS, *FAILURE_COLUMNS,
+    *PRIVACY_COLUMNS, *FAILURE_COLUMNS, *PARTICIPATION_COLUMNS,
 ]
 #: The metric that picks a run's best round (and a sweep's or search's best run).
 SELECTION_METRIC = "central_val_accuracy"

@@ -3,7 +3,7 @@
 The ServerApp (:mod:`sandbox.engine.server`) reports to a :class:`RunRecorder`: the
 centralized metrics after round 0 (the initial model) and every round, and the strategy
 when it starts and finishes. Besides the metrics, every round's row says who took part
-(:data:`PARTICIPATION_COLUMNS`): the partitions whose training and evaluation replies
+(``PARTICIPATION_COLUMNS`` in results): the partitions whose training and evaluation replies
 were valid, the validation examples behind ``fed_val_*`` and whether that aggregate was
 weighted by examples, so readers of the rows (the search's objective) never re-derive
 the engine's sampling or sizes. A non-finite centralized loss stops the run here
@@ -41,13 +41,6 @@ if TYPE_CHECKING:
 #: Row column <- metric key in the clients' aggregated replies.
 CLIENT_COLUMNS = {"train_loss": wire.TRAIN_LOSS, "fed_val_loss": wire.EVAL_LOSS,
                   "fed_val_accuracy": wire.EVAL_ACCURACY}
-#: Who took part in a round (``None`` in round 0): ``train_partitions`` and
-#: ``fed_val_partitions`` list the partition ids whose training / evaluation replies were
-#: valid, ``fed_val_examples`` is the sum of their validation examples, and
-#: ``fed_val_weighted`` says whether ``fed_val_*`` weigh each client by its examples
-#: (``False`` under client-level DP, where every client counts once).
-PARTICIPATION_COLUMNS = ["train_partitions", "fed_val_partitions", "fed_val_examples",
-                         "fed_val_weighted"]
 #: TensorBoard tag <- row column, for the centralized metrics.
 CENTRAL_TAGS = {"central/val_accuracy": "central_val_accuracy",
                 "central/val_loss": "central_val_loss",
@@ -223,8 +216,7 @@ class RunRecorder:
 
     def _merged_rows(self) -> list[dict[str, Any]]:
         """Rows per round with every column (None where a round has no value)."""
-        columns = [*METRIC_COLUMNS, *PARTICIPATION_COLUMNS]
-        return [{key: None for key in columns} | self.rows[r] for r in sorted(self.rows)]
+        return [{key: None for key in METRIC_COLUMNS} | self.rows[r] for r in sorted(self.rows)]
 
 
 def _weighted_by(accounted: Accounted) -> str | None:

@@ -110,9 +110,9 @@ class RunDirectory:
         with (self.path / "metrics.csv").open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
             writer.writeheader()
-            for row in rows:  # the failures of a round as one JSON cell
-                writer.writerow(row | {"failures": json.dumps(row["failures"])
-                                       if row.get("failures") else ""})
+            for row in rows:  # failures and partition lists as one JSON cell each
+                writer.writerow(row | {key: "" if row.get(key) in (None, {}) else
+                                       json.dumps(row[key]) for key in JSON_CELLS})
 
     def commit(self) -> Path:
         self.path.rename(self.final_path)
@@ -230,6 +230,10 @@ def finite_or_null(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [finite_or_null(v) for v in value]
     return value
+
+
+#: metrics.csv columns that hold a dict or list: one JSON cell each.
+JSON_CELLS = ("failures", "train_partitions", "fed_val_partitions")
 
 
 def run_header(cfg: Config) -> dict[str, Any]:
