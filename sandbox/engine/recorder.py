@@ -25,6 +25,7 @@ import numpy as np
 from sandbox.core import wire
 from sandbox.core.errors import RunDiverged
 from sandbox.core.privacy import PrivacyLedger
+from sandbox.core.privacy.assumptions import epsilon_caveats
 from sandbox.core.results import METRIC_COLUMNS, PRIVACY_COLUMNS, BudgetStop
 from sandbox.engine import interrupt
 from sandbox.engine.checkpoint import Checkpoint, save_checkpoint
@@ -87,6 +88,7 @@ class RunRecorder:
         self._last = time.perf_counter()
         self._tb = ScalarWriter(tensorboard_dir) if tensorboard_dir is not None else None
         self._progress = _progress_bar(cfg) if cfg.output.progress else None
+        self._caveats = epsilon_caveats(cfg)
 
     def round_finished(self, server_round: int, metrics: dict[str, float]) -> None:
         now = time.perf_counter()
@@ -96,9 +98,29 @@ class RunRecorder:
             **{k: metrics[k] for k in PRIVACY_COLUMNS if k in metrics},
             **self._client_columns(server_round),
         }
-        self._announce_failures(server_round)
         self.round_seconds[server_round] = now - self._last
         self._last = now
+        try:
+            finite = all(math.isfinite(metrics[k]) for k in CENTRAL_TAGS.values())
+            if finite:
+                # Before anything about the round leaves the process: a run resumed after
+                # a kill redoes only rounds nobody has seen (fresh noise would otherwise
+                # release the round twice while the ledger charges it once).
+                self._checkpoint(server_round)
+            self._announce_failures(server_round)
+            self._show(server_round, metrics)
+            if not finite:
+                raise RunDiverged(server_round)
+            interrupt.check(server_round)  # SIGINT/SIGTERM: stop at this round boundary
+            for callback in self.callbacks:
+                callback(server_round, dict(self.rows[server_round]))
+        except BaseException as exc:
+            # Runtimes that run the ServerApp in a thread (Ray) may swallow it.
+            self.stop_exception = exc
+            raise
+
+    def _show(self, server_round: int, metrics: dict[str, float]) -> None:
+        """The round's TensorBoard scalars and progress bar."""
         if self._tb:
             self._tb.scalars(server_round, {
                 **{tag: metrics[key] for tag, key in CENTRAL_TAGS.items()},
@@ -107,18 +129,7 @@ class RunRecorder:
         if self._progress and server_round > 0:
             self._progress.update(self._progress.task_ids[0], completed=server_round,
                                   acc=metrics["central_val_accuracy"],
-                                  eps=_epsilon_text(metrics))
-        try:
-            if not all(math.isfinite(metrics[k]) for k in CENTRAL_TAGS.values()):
-                raise RunDiverged(server_round)
-            self._checkpoint(server_round)
-            interrupt.check(server_round)  # SIGINT/SIGTERM: stop at this round boundary
-            for callback in self.callbacks:
-                callback(server_round, dict(self.rows[server_round]))
-        except BaseException as exc:
-            # Runtimes that run the ServerApp in a thread (Ray) may swallow it.
-            self.stop_exception = exc
-            raise
+                                  eps=_epsilon_text(metrics, self._caveats))
 
     def _client_columns(self, server_round: int) -> dict[str, Any]:
         """This round's aggregated client metrics and failures (they precede the central
@@ -231,10 +242,12 @@ def _weighted_by(accounted: Accounted) -> str | None:
     return getattr(strategy, "weighted_by_key", None)
 
 
-def _epsilon_text(metrics: dict[str, float]) -> str:
+def _epsilon_text(metrics: dict[str, float], caveats: list[str]) -> str:
     parts = [f"{label} {metrics[key]:.3g}" for key, label in
              (("eps_client_max", "ε client max"), ("eps_federation", "ε federation"))
              if key in metrics]
+    if parts and caveats:
+        parts.append("(not an upper bound)")
     return ", ".join(parts) or "ε -"
 
 
