@@ -1,9 +1,10 @@
 """Privacy of hyperparameter tuning with a random number of trials.
 
-Papernot & Steinke (2022), "Hyperparameter Tuning with Renyi Differential Privacy",
-Theorem 2 (Poisson): if each trial's algorithm Q is (λ, ε_λ)-RDP and (ε̂, δ̂)-DP with
-e^ε̂ ≤ 1 + 1/(λ−1), and the number of trials K ~ Poisson(μ), then running Q K times and
-releasing the best trial is (λ, ε')-RDP with
+Papernot & Steinke (2022), "Hyperparameter Tuning with Renyi Differential Privacy"
+(ICLR), main privacy result for a Poisson-distributed number of trials (their Theorem 2
+is the truncated negative binomial case): if each trial's algorithm Q is (λ, ε_λ)-RDP
+and (ε̂, δ̂)-DP with e^ε̂ ≤ 1 + 1/(λ−1), and the number of trials K ~ Poisson(μ), then
+running Q K times and releasing the best trial is (λ, ε')-RDP with
 
     ε' = ε_λ + μ·δ̂ + log(μ) / (λ − 1).
 
@@ -56,6 +57,7 @@ def random_stopping_epsilon(histories: list, delta: float, *, mean_trials: float
         warnings.simplefilter("ignore")
         eps, best_order = rdp.get_privacy_spent(orders=list(orders), rdp=tuned, delta=delta)
         single, _ = rdp.get_privacy_spent(orders=list(orders), rdp=worst, delta=delta)
-    return {"applies": True, "method": "Papernot & Steinke 2022, Thm 2 (Poisson trials)",
+    return {"applies": True,
+            "method": "Papernot & Steinke 2022, main result for Poisson trial counts",
             "mean_trials": mean_trials, "epsilon": float(eps), "order": float(best_order),
             "epsilon_single_trial": float(single)}
