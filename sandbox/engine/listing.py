@@ -40,7 +40,10 @@ def list_results(directory: str | Path) -> list[Entry]:
     root = Path(directory)
     if not root.is_dir():
         raise SandboxError(f"ls: {root} is not a directory (give the output.dir of your runs)")
-    return [_entry(path) for path in sorted(root.iterdir()) if path.is_dir()]
+    # <study>.private/ holds a best-only study's trials: part of <study>, not shown apart
+    return [_entry(path) for path in sorted(root.iterdir())
+            if path.is_dir() and not (path.name.endswith(".private")
+                                      and path.with_name(path.name[:-8]).is_dir())]
 
 
 def _entry(path: Path) -> Entry:
