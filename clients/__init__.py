@@ -13,11 +13,15 @@ torch, TensorFlow, Keras or Flower; each function imports what it needs.
     Membership-inference and canary audits of a final model.
 ``training_batches(cfg, server_round, partition_id, num_examples)``
     The mini-batches a client trains on in a round without DP-SGD (twin runs export them).
+``framework_threads(framework, count)``, ``tensorflow_threads(count)``, ``ThreadsUnavailable``
+    Thread counts of framework work (``runtime.threads_per_client`` / ``server_threads``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from clients.threads import ThreadsUnavailable, framework_threads, tensorflow_threads
 
 if TYPE_CHECKING:
     import numpy as np
@@ -60,4 +64,5 @@ def training_batches(cfg: Config, server_round: int, partition_id: int,
     return [row[row != PAD] for row in batch_schedule(num_examples, cfg.train, rng)]
 
 
-__all__ = ["get_evaluator", "make_client_app", "run_audits", "training_batches"]
+__all__ = ["ThreadsUnavailable", "framework_threads", "get_evaluator", "make_client_app",
+           "run_audits", "tensorflow_threads", "training_batches"]

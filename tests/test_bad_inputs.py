@@ -60,6 +60,16 @@ CASES = {
                              ["privacy.noise", "'secure'", "'seeded'"]),
     "renamed secure_rng": (run_args("privacy.secure_rng=true"),
                            ["privacy.secure_rng", "privacy.noise"]),
+    "zero threads": (run_args("runtime.threads_per_client=0"),
+                     ["runtime.threads_per_client"]),
+    "keras inline with two thread counts": (
+        run_args("framework=keras", "runtime.server_threads=2"),
+        ["runtime.server_threads", "runtime.threads_per_client", "backend = 'ray'"]),
+    "evaluate seed out of range": (run_args("federation.evaluate_seed=-1"),
+                                   ["federation.evaluate_seed"]),
+    "min_train_replies under client-level DP": (
+        run_args("privacy.client.mode=server_fixed", "federation.min_train_replies=2"),
+        ["federation.min_train_replies", "client-level DP"]),
     "name with slash": (run_args("name=a/b"), ["name='a/b'", "safe directory name"]),
     "name with dots": (run_args("name=../up"), ["name='../up'"]),
     "empty name": (run_args("name="), ["name=''"]),

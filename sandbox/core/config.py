@@ -306,6 +306,15 @@ class Config(_Section):
             if bad:
                 raise ValueError(f"faults.{key}: {bad} are not clients; allowed: "
                                  f"0..{self.data.num_clients - 1} (data.num_clients)")
+        threads = self.runtime
+        if (self.framework == "keras" and self.backend == "inline"
+                and threads.threads_per_client != threads.server_threads):
+            # TensorFlow sizes its thread pools once per process.
+            raise ValueError(
+                f"runtime.server_threads = {threads.server_threads} differs from "
+                f"runtime.threads_per_client = {threads.threads_per_client}: with framework "
+                "= 'keras' and backend = 'inline', clients and server share one TensorFlow "
+                "thread pool; set the two equal, or use backend = 'ray'")
         if self.privacy.sample.enabled and self.model.dropout:
             raise ValueError(
                 "privacy.sample.enabled needs model.dropout = 0 "

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clients.threads import framework_threads
+from clients import framework_threads
 from sandbox.core.errors import RunDiverged, RunFailed, RunPruned, SandboxError
 from sandbox.core.results import RunResult, StopReason
 from sandbox.engine.preflight import Prepared, preflight

@@ -16,8 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 import strategies
-from clients import get_evaluator
-from clients.threads import framework_threads
+from clients import framework_threads, get_evaluator
 from sandbox.core import wire
 from sandbox.core.errors import BudgetExhausted
 from sandbox.core.experiment import load_experiment_data

@@ -12,7 +12,6 @@ import os
 from typing import TYPE_CHECKING, get_args
 
 from sandbox.core.config import Backend
-from sandbox.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from sandbox.core.config import Config
@@ -65,19 +64,12 @@ def reserve_threads(cfg: Config) -> None:
 
     Raises
     ------
-    ConfigError
-        Keras on the inline backend with two different counts.
     ThreadsUnavailable
         This process's TensorFlow already runs with another count.
     """
     if cfg.framework != "keras":
         return
-    client, server = cfg.runtime.threads_per_client, cfg.runtime.server_threads
-    if cfg.backend == "inline" and client != server:
-        raise ConfigError(
-            f"runtime.server_threads = {server} differs from runtime.threads_per_client = "
-            f"{client}: with framework = 'keras' and backend = 'inline', clients and server "
-            "share one TensorFlow thread pool; set the two equal, or use backend = 'ray'")
-    from clients.threads import tensorflow_threads
+    # (Keras on inline with two different counts is refused by the config schema.)
+    from clients import tensorflow_threads
 
-    tensorflow_threads(server)
+    tensorflow_threads(cfg.runtime.server_threads)

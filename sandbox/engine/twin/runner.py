@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clients import get_evaluator
+from clients import framework_threads, get_evaluator
 from sandbox.core import wire
 from sandbox.core.errors import SandboxError
 from sandbox.core.experiment import load_experiment_data
@@ -172,7 +172,8 @@ class WeightCapture:
     def __init__(self, cfg: Config) -> None:
         self.spec = wire.model_spec_for(cfg)
         self.data = load_experiment_data(cfg)
-        self.evaluator = get_evaluator(cfg.framework, self.spec, cfg.train)
+        with framework_threads(cfg.framework, cfg.runtime.server_threads):
+            self.evaluator = get_evaluator(cfg.framework, self.spec, cfg.train)
         self.weights: dict[int, dict[str, np.ndarray]] = {}
         self.mismatched: list[int] = []
 
