@@ -353,8 +353,12 @@ def write(analyses: list[dict], args, total: float, *, write_file: bool) -> None
     """The RESULTS.md section (printed; written unless ``--no-write``)."""
     lines = [
         "## Federated HPO comparison", "",
-        f"`nox -s study` on {dt.date.today()}: {_cpu()}, {os.cpu_count()} cores, "
-        f"{args.jobs} studies at a time, {total / 60:.1f} min in all. Space and experiment: "
+        (f"Reanalysis on {dt.date.today()} of the studies in `benchmarks/study_results.csv` "
+         f"(their wall times sum to {total * args.jobs / 60:.1f} study-minutes). "
+         if args.reanalyse else
+         f"`nox -s study` on {dt.date.today()}: {_cpu()}, {os.cpu_count()} cores, "
+         f"{args.jobs} studies at a time, {total / 60:.1f} min in all. ") +
+        "Space and experiment: "
         f"`configs/search_digits.toml` ({args.rounds} rounds per full trial, Hyperband "
         f"η = 3), budget {args.budget} client-rounds per study (training and federated "
         f"evaluation), seeds {args.seeds} (each seed sets the experiment's data split, "
