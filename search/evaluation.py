@@ -29,7 +29,7 @@ measurable here:
 
   Rebuilding a count as ``accuracy × Σn`` from an unweighted mean (what this module did
   before) is no count: one example of a small client moves it by ``Σn / (m·n_i)``,
-  far beyond ``√2``. The evaluation sample is not secret (drawn from the run seed), so
+  far beyond ``√2``. The evaluation sample is not secret (drawn from a seed), so
   no amplification by sampling is claimed (sample rate 1, one step per round). The
   study composes these mechanisms with the trials' own ledgers (``privacy.json``) and,
   with ``privacy_budget``, reserves a trial's whole evaluation before it starts.

@@ -51,7 +51,7 @@ class TrialOutcome:
     central_val_accuracy: float = float("nan")  # exact server-held validation accuracy
     epsilon: float = float("inf")  # the run's ε (RunResult.epsilon); inf without DP
     client_compute: float = 0.0  # million per-example gradients of the rounds it ran
-    client_rounds: float = 0  # clients that trained, summed over the rounds this run ran
+    client_rounds: float = 0  # clients that trained or evaluated, summed over its rounds
     rounds_completed: int = 0
     run_dir: str = ""
     reason: str = ""
@@ -126,7 +126,7 @@ class _Progress:
     central: list[float] = field(default_factory=list)  # exact server-held validation
     tests: list[float] = field(default_factory=list)
     compute: float = 0.0  # million per-example gradients of the rounds *this* run ran
-    client_rounds: int = 0  # clients that trained, summed over those rounds
+    client_rounds: int = 0  # clients that trained or evaluated, summed over those rounds
 
 
 def run_trial(
@@ -190,15 +190,19 @@ def run_trial(
         reason=result.stopped_early.reason if result.stopped_early else "")
 
 
-def round_cost_bound(cfg: Config) -> int:
+def round_cost_bound(cfg: Config, *, every_client_trains: bool = False,
+                     evaluate_fraction: float | None = None) -> int:
     """Most client-rounds one round of ``cfg`` can take: training plus evaluation clients.
 
     Fixed-size samples are exact; a Poisson sample (client-level DP) may hold every client.
+    ``every_client_trains`` and ``evaluate_fraction`` bound a round of any trial of a
+    study whose space may change ``fraction_train`` or ``fraction_evaluate``.
     """
     clients = cfg.data.num_clients
-    train = (clients if cfg.privacy.client.mode != "off"
+    train = (clients if every_client_trains or cfg.privacy.client.mode != "off"
              else cfg.federation.clients_per_round(clients))
-    fraction = cfg.federation.fraction_evaluate
+    fraction = (cfg.federation.fraction_evaluate if evaluate_fraction is None
+                else evaluate_fraction)
     return train + (sample_size(clients, fraction) if fraction else 0)
 
 

@@ -25,9 +25,14 @@ import numpy as np
 
 from sandbox.core.errors import ConfigError
 from sandbox.core.results import StopReason
-from sandbox.core.sampling import sample_size
 from search.evaluation import Evaluation
-from search.objective import TrialOutcome, run_trial, superseded_runs, trial_ledgers
+from search.objective import (
+    TrialOutcome,
+    round_cost_bound,
+    run_trial,
+    superseded_runs,
+    trial_ledgers,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -134,15 +139,17 @@ def client_budget_spent(study: Study, spent: Iterable[dict[str, Any]]) -> bool:
     """Too little budget left for one more round of any trial (so no trial overruns it).
 
     The worst round trains every client (``fraction_train`` may be searched up to 1, and
-    a Poisson sample may hold everyone) and evaluates the configured fraction.
+    a Poisson sample may hold everyone) and evaluates the study's fraction (every client
+    if the space searches ``federation.fraction_evaluate``).
     """
     left = client_rounds_left(study, spent)
     if left is None:
         return False
-    base = study.base
-    clients = base.data.num_clients
-    fraction = study.settings.eval_fraction or base.federation.fraction_evaluate
-    return left < clients + (sample_size(clients, fraction) if fraction else 0)
+    searched = any(p.key == "federation.fraction_evaluate" for p in study.space.params)
+    fraction = study.settings.eval_fraction or (
+        1.0 if searched else study.base.federation.fraction_evaluate)
+    return left < round_cost_bound(study.base, every_client_trains=True,
+                                   evaluate_fraction=fraction)
 
 
 def is_budget_stop(attrs: dict[str, Any]) -> bool:
