@@ -189,3 +189,37 @@ def test_sweep_preflights_every_combination_before_writing(tmp_path):
 def test_sweep_and_study_files_given_to_run_say_which_command(name, hint):
     with pytest.raises(ConfigError, match=hint):
         load_config(ROOT / "configs" / f"{name}.toml")
+
+
+def _leaf_keys(model, prefix=""):
+    """(section, key) of every setting of a pydantic model, nested sections expanded."""
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _leaf_keys(annotation, f"{prefix}{name}.")
+        else:
+            yield prefix.rstrip("."), name
+
+
+def test_every_config_key_is_documented():
+    """configs/README.md has a row for every key of every section of the schema."""
+    from sandbox.core.config import Config
+
+    docs = (ROOT / "configs" / "README.md").read_text()
+    sections = {}
+    for block in docs.split("\n## ")[1:] + docs.split("\n### ")[1:]:
+        header, _, body = block.partition("\n")
+        name = header.split("`")[1] if "`" in header else ""
+        sections[name.strip("[]")] = body.split("\n## ")[0].split("\n### ")[0]
+    sections[""] = sections.get("", docs.split("\n## ")[1])
+    missing = [f"{section}.{key}".lstrip(".") for section, key in _leaf_keys(Config)
+               if f"`{key}`" not in _first_cells(sections.get(section, ""))]
+    assert not missing, f"configs/README.md documents no row for {missing}"
+
+
+def _first_cells(table: str) -> str:
+    """The key column of a markdown table (rows may document two keys together)."""
+    return "\n".join(line.split("|")[1] for line in table.splitlines()
+                     if line.startswith("| `"))

@@ -28,8 +28,8 @@ from sandbox.core.errors import ConfigError
 from sandbox.core.sampling import sample_size
 from sandbox.core.tomlio import dict_to_toml
 
-Framework = Literal["torch", "keras"]
-Backend = Literal["inline", "ray"]
+Framework = Literal["torch", "keras", "mixed"]
+Backend = Literal["inline", "ray", "vectorized", "pool", "deployment"]
 DatasetName = Literal["digits", "mnist1d", "synthetic", "npz", "csv"]
 PartitionerName = Literal["iid", "dirichlet", "shards", "quantity_skew", "natural"]
 ArchName = Literal["mlp", "cnn"]
@@ -226,7 +226,94 @@ class PrivacyConfig(_Section):
 
 
 class RayConfig(_Section):
+    """Flower's Ray simulation (``backend = "ray"``)."""
+
     num_cpus_per_client: float = Field(1.0, gt=0)
+    num_gpus_per_client: float = Field(0.0, ge=0)
+    #: an existing Ray cluster to connect to (``ray://host:port`` or ``host:port`` of a
+    #: head started with ``ray start --head``); empty: start a local Ray for this run
+    address: str = ""
+
+
+class DeploymentConfig(_Section):
+    """Flower's Deployment Engine (``backend = "deployment"``): SuperLink + SuperNodes."""
+
+    #: SuperLink Control API address of an existing deployment; empty: the run starts a
+    #: local SuperLink and one SuperNode per partition on 127.0.0.1 and stops them after
+    superlink: str = ""
+    #: TLS with a CA and certificates generated for the run (local deployments), or the
+    #: CA certificate file given in ``root_certificates`` (existing ones)
+    tls: bool = False
+    root_certificates: str = ""
+
+
+class MixedConfig(_Section):
+    """``framework = "mixed"``: which partitions train in Keras (the rest in torch)."""
+
+    #: share of partitions that train in Keras, assigned by a generator seeded from ``seed``
+    keras_fraction: float = Field(0.5, ge=0, le=1)
+    #: explicit Keras partition ids (overrides ``keras_fraction`` when non-empty)
+    keras_partitions: list[int] = Field(default_factory=list)
+
+
+StepsDistributionName = Literal["lognormal", "uniform"]
+
+
+class StepsDistribution(_Section):
+    """Per-client local steps drawn from a seeded distribution (rounded, clipped)."""
+
+    dist: StepsDistributionName = "lognormal"
+    #: lognormal: the median steps; uniform: ignored
+    median: float = Field(10.0, gt=0)
+    #: lognormal: sigma of log(steps)
+    sigma: float = Field(1.0, ge=0)
+    #: bounds of the drawn steps (uniform draws integers in [min, max])
+    min: int = Field(1, ge=1)
+    max: int = Field(100, ge=1)
+    #: draw again every round (stragglers vary) instead of once per client
+    per_round: bool = False
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> StepsDistribution:
+        if self.min > self.max:
+            raise ValueError(f"heterogeneity.local_steps: min = {self.min} > max = {self.max}")
+        return self
+
+
+class HeterogeneityConfig(_Section):
+    """System heterogeneity: clients do different amounts of local work per round."""
+
+    #: per-client optimizer steps per round: a distribution table, or one entry per
+    #: partition; replaces ``train.local_steps`` / ``train.local_epochs``. None: off
+    local_steps: list[int] | StepsDistribution | None = None
+
+    @field_validator("local_steps")
+    @classmethod
+    def _positive(cls, value):
+        if isinstance(value, list) and any(steps < 1 for steps in value):
+            raise ValueError(f"heterogeneity.local_steps entries must be >= 1, got {value}")
+        return value
+
+
+AttackKind = Literal["label_flip", "sign_flip", "gaussian", "scale"]
+
+
+class AttackConfig(_Section):
+    """Malicious clients (seeded), to measure robust aggregation."""
+
+    #: share of partitions that are malicious, assigned by a generator seeded from ``seed``
+    fraction: float = Field(0.0, ge=0, lt=1)
+    #: explicit malicious partition ids (overrides ``fraction`` when non-empty)
+    partitions: list[int] = Field(default_factory=list)
+    kind: AttackKind = "sign_flip"
+    #: sign_flip / scale: the update (w_local - w_global) is multiplied by -scale / scale
+    scale: float = Field(10.0, gt=0)
+    #: gaussian: the reply is w_global + N(0, noise_std^2) per weight
+    noise_std: float = Field(1.0, gt=0)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.fraction or self.partitions)
 
 
 class RuntimeConfig(_Section):
@@ -238,6 +325,8 @@ class RuntimeConfig(_Section):
     threads_per_client: int = Field(1, ge=1, le=256)
     #: the same for the server's centralized evaluation.
     server_threads: int = Field(1, ge=1, le=256)
+    #: ``backend = "pool"``: worker processes (0: one per CPU core)
+    workers: int = Field(0, ge=0, le=256)
 
 
 class FaultsConfig(_Section):
@@ -282,6 +371,10 @@ class Config(_Section):
     federation: FederationConfig = Field(default_factory=FederationConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    mixed: MixedConfig = Field(default_factory=MixedConfig)
+    heterogeneity: HeterogeneityConfig = Field(default_factory=HeterogeneityConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -301,11 +394,7 @@ class Config(_Section):
             )
         if self.privacy.client.mode != "off":
             _check_client_dp(self)
-        for key in ("fail_partitions", "slow_partitions"):
-            bad = [p for p in getattr(self.faults, key) if not 0 <= p < self.data.num_clients]
-            if bad:
-                raise ValueError(f"faults.{key}: {bad} are not clients; allowed: "
-                                 f"0..{self.data.num_clients - 1} (data.num_clients)")
+        _check_partition_lists(self)
         threads = self.runtime
         if (self.framework == "keras" and self.backend == "inline"
                 and threads.threads_per_client != threads.server_threads):
@@ -358,6 +447,29 @@ def check_safe_name(key: str, name: str) -> str:
             f"{key}={name!r} is not a safe directory name: use letters, digits, '.', '_' "
             "and '-' (start with a letter or digit, at most 64 characters, no '..')")
     return name
+
+
+def _check_partition_lists(cfg: Config) -> None:
+    """Every key that lists partition ids names existing ones (and the right count)."""
+    lists = {"faults.fail_partitions": cfg.faults.fail_partitions,
+             "faults.slow_partitions": cfg.faults.slow_partitions,
+             "mixed.keras_partitions": cfg.mixed.keras_partitions,
+             "attack.partitions": cfg.attack.partitions}
+    for key, ids in lists.items():
+        bad = [p for p in ids if not 0 <= p < cfg.data.num_clients]
+        if bad:
+            raise ValueError(f"{key}: {bad} are not clients; allowed: "
+                             f"0..{cfg.data.num_clients - 1} (data.num_clients)")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{key}: {ids} lists a partition twice")
+    steps = cfg.heterogeneity.local_steps
+    if isinstance(steps, list) and len(steps) != cfg.data.num_clients:
+        raise ValueError(
+            f"heterogeneity.local_steps lists {len(steps)} entries; allowed: one per "
+            f"partition ({cfg.data.num_clients}, data.num_clients) or a distribution table")
+    mixed_keys = cfg.mixed.keras_partitions or cfg.mixed.keras_fraction != 0.5
+    if cfg.framework != "mixed" and mixed_keys:
+        raise ValueError(f"[mixed] needs framework = 'mixed' (got '{cfg.framework}')")
 
 
 def _check_client_dp(cfg: Config) -> None:

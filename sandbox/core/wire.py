@@ -61,6 +61,22 @@ EVAL_LOSS = "eval_loss"
 EVAL_ACCURACY = "eval_accuracy"
 DP_EPSILON = "dp_epsilon"
 DP_NOISE_MULTIPLIER = "dp_noise_multiplier"
+#: optimizer steps the client took this round (FedNova's tau_i; client compute)
+LOCAL_STEPS = "local-steps"
+#: examples the client processed this round (steps x batch; client compute)
+LOCAL_EXAMPLES = "local-examples"
+#: 1.0 if the client trained in Keras, 0.0 if in torch (mixed federations)
+KERAS_CLIENT = "keras-client"
+#: 1.0 if the client is malicious (``[attack]``), else 0.0
+MALICIOUS = "malicious"
+#: training loss of the received global model on the client's data before training
+#: (q-FFL's F_k(w^t))
+PRE_TRAIN_LOSS = "pre_train_loss"
+# -- extra ArrayRecords (RecordDict keys) --------------------------------------------------
+#: SCAFFOLD: the server control variate c (server -> client, train messages)
+SERVER_CONTROL = "server-control"
+#: SCAFFOLD: the client's control variate change delta c_i (client -> server, replies)
+CONTROL_DELTA = "control-delta"
 # -- config keys (ConfigRecord of train/evaluate messages) --------------------------------
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
