@@ -63,6 +63,9 @@ DP_EPSILON = "dp_epsilon"
 DP_NOISE_MULTIPLIER = "dp_noise_multiplier"
 #: optimizer steps the client took this round (FedNova's tau_i; client compute)
 LOCAL_STEPS = "local-steps"
+#: FedNova's ||a_i||_1: tau_i for plain SGD, sum_{k=1..tau_i} (1 - rho^k) / (1 - rho) with
+#: SGD momentum rho (computed by the client, which knows its optimizer)
+NORMALIZED_STEPS = "normalized-steps"
 #: examples the client processed this round (steps x batch; client compute)
 LOCAL_EXAMPLES = "local-examples"
 #: 1.0 if the client trained in Keras, 0.0 if in torch (mixed federations)
@@ -81,6 +84,8 @@ CONTROL_DELTA = "control-delta"
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
 FRAMEWORK = "framework"
+#: q-FFL: the client reports :data:`PRE_TRAIN_LOSS` when this is true
+REPORT_PRE_TRAIN_LOSS = "report-pre-train-loss"
 # -- query messages ------------------------------------------------------------------------
 #: ``query.partition``: the node answers ``{"metrics": {PARTITION_ID: its partition id}}``.
 PARTITION_QUERY_ACTION = "partition"
