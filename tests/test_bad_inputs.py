@@ -150,6 +150,8 @@ CASES = {
     "search override outside study": (["search", STUDY, "--set", "rounds=3"],
                                       ["study.rounds", "--set experiment.rounds"]),
     "sweep values not a list": (["sweep", "{inp}/sweep_scalar.toml"], ["non-empty lists"]),
+    "sweep seeds zero": (["sweep", "{inp}/sweep_seeds.toml"], ["[sweep] seeds = 0",
+                                                              "a count 1..1000"]),
     "sweep without table": (["sweep", QUICK], ["[sweep] table"]),
     "sweep bad combination": (["sweep", "{inp}/sweep_bad.toml"], ["noise_multiplier"]),
     "ls on a missing directory": (["ls", "{inp}/nowhere"], ["nowhere", "not a directory"]),
@@ -198,6 +200,7 @@ def _write_inputs(inp):
     (inp / "study_experiment.toml").write_text(
         study.replace(f'experiment = "{QUICK}"', 'experiment = "nowhere.toml"'))
     (inp / "sweep_scalar.toml").write_text('[sweep]\n"data.alpha" = 0.5\n')
+    (inp / "sweep_seeds.toml").write_text('[sweep]\n"data.alpha" = [0.5]\nseeds = 0\n')
     (inp / "sweep_bad.toml").write_text(
         '[sweep]\n"privacy.sample.enabled" = [true]\n'
         '"privacy.sample.noise_multiplier" = [1.0, -1.0]\n')

@@ -69,18 +69,33 @@ def plot_partitions(stats: dict, path: Path, title: str) -> None:
 
 
 def plot_sweep(
-    values: list, finals: dict[str, list[float]], path: Path, xlabel: str, *, log_x: bool = True
+    values: list, finals: dict[str, list[list[float]]], path: Path, xlabel: str, *,
+    log_x: bool = True,
 ) -> None:
-    """Final test accuracy (fixed configs, nothing chosen) against one swept parameter."""
+    """Final test accuracy (fixed configs, nothing chosen) against one swept parameter.
+
+    ``finals[label][i]`` holds the accuracies of ``values[i]``, one per seed: the line is
+    their mean and the band its 95 % confidence interval; the title says when there is
+    one seed only.
+    """
+    from sandbox.core.stats import mean_ci
+
     plt = _pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, accuracies in finals.items():
-        ax.plot(values, accuracies, marker="o", label=label)
+    n_seeds = set()
+    for label, per_value in finals.items():
+        estimates = [mean_ci(accuracies) for accuracies in per_value]
+        n_seeds |= {e.n for e in estimates}
+        line, = ax.plot(values, [e.mean for e in estimates], marker="o", label=label)
+        if any(e.half_width for e in estimates):
+            ax.fill_between(values, [e.low for e in estimates], [e.high for e in estimates],
+                            color=line.get_color(), alpha=0.2)
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("final test accuracy (global test set)")
+    ax.set_title(seeds_caption([{"n_seeds": n} for n in n_seeds]), fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -122,19 +137,25 @@ def plot_privacy(ledger, accountant: str, path: Path, title: str) -> None:
 def plot_utility_privacy(rows: list[dict], path: Path, title: str) -> None:
     """Final test accuracy against ε, one line per framework; no-DP baselines dashed.
 
-    Every point is a fixed configuration's final round (nothing chosen), so the held-out
-    test accuracy is the right number to show.
+    ``rows`` are a sweep's summary rows (:func:`sandbox.engine.sweep.summarize`): the
+    mean over seeds, with a 95 % band when a point has more than one seed. Every point is
+    a fixed configuration's final round (nothing chosen), so the held-out test accuracy
+    is the right number to show.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     frameworks = sorted({r["framework"] for r in rows})
     colors = dict(zip(frameworks, plt.get_cmap("tab10").colors, strict=False))
     for framework in frameworks:
-        points = sorted((r["epsilon"], r["final_test_accuracy"]) for r in rows
+        points = sorted((r["epsilon"], r["final_test_accuracy"],
+                         r.get("final_test_accuracy_ci95") or 0.0) for r in rows
                         if r["framework"] == framework and not r["baseline"])
         if points:
-            ax.plot(*zip(*points, strict=True), marker="o", color=colors[framework],
-                    label=f"{framework} (DP)")
+            eps, mean, half = (np.array(column) for column in zip(*points, strict=True))
+            ax.plot(eps, mean, marker="o", color=colors[framework], label=f"{framework} (DP)")
+            if half.any():
+                ax.fill_between(eps, mean - half, mean + half, color=colors[framework],
+                                alpha=0.2, label=f"{framework}: 95 % CI over seeds")
         loose = [(r["epsilon"], r["final_test_accuracy"]) for r in rows
                  if r["framework"] == framework and not r["baseline"]
                  and r.get("epsilon_upper_bound") is False]
@@ -148,9 +169,18 @@ def plot_utility_privacy(rows: list[dict], path: Path, title: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("ε at fixed δ (each run's largest over its privacy scopes)")
     ax.set_ylabel("final test accuracy (global test set)")
-    ax.set_title(title)
+    ax.set_title(f"{title}\n{seeds_caption(rows)}", fontsize="medium")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def seeds_caption(rows: list[dict]) -> str:
+    """"mean ± 95 % CI over N seeds", or that the figure shows a single seed."""
+    counts = sorted({int(r.get("n_seeds", 1)) for r in rows})
+    if counts == [1]:
+        return "single seed per point: no confidence interval"
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    return f"mean ± 95 % CI over {n} seeds"
