@@ -43,6 +43,10 @@ def run_federation(cfg: Config, observer: RoundObserver,
 
         run_inline(server_app, client_app, cfg.data.num_clients,
                    states=None if resume is None else resume.node_states)
+    elif cfg.backend == "pool":  # node states live in this process, as on inline
+        from sandbox.engine.runtime.pool import run_pool
+
+        run_pool(server_app, cfg, states=None if resume is None else resume.node_states)
     elif resume is not None:
         raise ValueError(f"resuming needs backend 'inline', not '{cfg.backend}'")
     elif cfg.backend == "ray":
