@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
              "(its own environment: `nox -s tff`) and compare them (docs/twins.md)",
              "experiment TOML (e.g. configs/twin_fedavg.toml)", "override a config key")
     _command(commands, "show-config", "print the resolved config as TOML", "experiment TOML")
+    export = commands.add_parser(
+        "export", help="export a run's final model (or a study's best) to ONNX, SavedModel "
+        "or TFLite, reload it and check its test-set predictions (sandbox/engine/export.py)")
+    export.add_argument("run_dir", help="run directory (or a study report with best_model/)")
+    export.add_argument("--format", required=True, choices=("onnx", "savedmodel", "tflite"))
+    export.add_argument("--out", help="output directory (default: RUN_DIR/export/FORMAT)")
     listing = commands.add_parser("ls", help="list the runs, sweeps and studies in a "
                                   "results directory with their state")
     listing.add_argument("directory", nargs="?", default="results",
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     handlers = {"run": _run, "show-config": _run, "sweep": _sweep, "search": _search,
-                "ls": _ls, "twin": _twin}
+                "ls": _ls, "twin": _twin, "export": _export}
     try:
         with graceful_interrupts():
             return handlers[args.command](args)
@@ -108,6 +114,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedsandbox: {exc or 'interrupted'}"
               f"{f'; results so far in {where}' if where else ''}", file=sys.stderr)
         return getattr(exc, "exit_code", EXIT_SIGINT)
+
+
+def _export(args) -> int:
+    from sandbox.engine.export import export_run
+
+    report = export_run(args.run_dir, args.format, out=args.out)
+    print(f"{report.format}: {report.built_with}; reloaded and checked on "
+          f"{report.test_examples} test examples: max |Δlogit| {report.max_abs_logit_diff:.2g} "
+          f"(tolerance {report.tolerance:.2g}), same class {report.agreement:.2%}")
+    print(args.out or f"{args.run_dir}/export/{args.format}")
+    return 0
 
 
 def _run(args) -> int:
