@@ -137,9 +137,9 @@ def _write_onnx(cfg: Config, spec, weights, path: Path) -> str:
     if cfg.framework in ("torch", "mixed"):
         import torch
 
-        from clients.torch_trainer import build_module
+        from clients import framework_model
 
-        module = build_module(spec, weights).eval()
+        module = framework_model("torch", spec, weights)
         example = torch.zeros((2, *spec.input_shape), dtype=torch.float32)
         program = torch.onnx.export(
             module, (example,), dynamo=True, input_names=["x"], output_names=["logits"],
@@ -157,17 +157,17 @@ def _write_onnx(cfg: Config, spec, weights, path: Path) -> str:
 def _keras_function(spec, weights):
     import tensorflow as tf
 
-    from clients.keras_trainer import build_model
+    from clients import framework_model
 
-    model = build_model(spec, weights)
+    model = framework_model("keras", spec, weights)
     signature = [tf.TensorSpec((None, *spec.input_shape), tf.float32, name="x")]
     return tf.function(lambda x: model(x, training=False), input_signature=signature)
 
 
 def _write_savedmodel(cfg: Config, spec, weights, path: Path) -> str:
-    from clients.keras_trainer import build_model
+    from clients import framework_model
 
-    model = build_model(spec, weights)  # referenced until the export has traced it
+    model = framework_model("keras", spec, weights)  # referenced until the export has traced it
     model.export(str(path), format="tf_saved_model", verbose=False)
     return "keras.Model.export (tf_saved_model)"
 
