@@ -8,20 +8,25 @@ torch, TensorFlow, Keras or Flower; each function imports what it needs.
     The ``ClientApp`` every runtime backend runs.
 ``get_evaluator(framework, spec, train)``
     A model of ``spec`` in ``framework`` with ``set_weights`` / ``evaluate`` / ``logits``
-    (the server's centralized evaluation uses it).
+    (the server's centralized evaluation uses it; a ``"mixed"`` federation's is torch).
 ``run_audits(cfg, spec, weights)``
     Membership-inference and canary audits of a final model.
 ``training_batches(cfg, server_round, partition_id, num_examples)``
     The mini-batches a client trains on in a round without DP-SGD (twin runs export them).
+``framework_model(framework, spec, weights)``
+    The bare model (a torch ``nn.Module`` or a ``keras.Model``) with canonical
+    ``weights``, for exporting it (``sandbox.engine.export``).
 ``framework_threads(framework, count)``, ``tensorflow_threads(count)``, ``ThreadsUnavailable``
-    Thread counts of framework work (``runtime.threads_per_client`` / ``server_threads``).
+    Thread counts of the server's framework work (``runtime.server_threads``); for a
+    ``"mixed"`` federation that is torch, as its evaluator.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
-from clients.threads import ThreadsUnavailable, framework_threads, tensorflow_threads
+from clients.threads import ThreadsUnavailable, tensorflow_threads
 
 if TYPE_CHECKING:
     import numpy as np
@@ -30,6 +35,16 @@ if TYPE_CHECKING:
     from clients.trainer import Trainer
     from sandbox.core.config import Config, TrainConfig
     from sandbox.core.models import ModelSpec
+
+
+def framework_threads(framework: str, count: int) -> contextlib.AbstractContextManager:
+    """:func:`clients.threads.framework_threads` for the server side of ``framework``.
+
+    A ``"mixed"`` federation's server work (centralized evaluation, audits) is torch.
+    """
+    from clients.threads import framework_threads as threads
+
+    return threads("torch" if framework == "mixed" else framework, count)
 
 
 def make_client_app(cfg: Config) -> ClientApp:
@@ -44,6 +59,19 @@ def get_evaluator(framework: str, spec: ModelSpec, train: TrainConfig) -> Traine
     return get(framework, spec, train)
 
 
+def framework_model(framework: str, spec: ModelSpec, weights: list[np.ndarray]):
+    """``spec`` with ``weights`` as a torch ``nn.Module`` (eval mode) or a ``keras.Model``."""
+    if framework == "torch":
+        from clients.torch_trainer import build_module
+
+        return build_module(spec, weights).eval()
+    if framework == "keras":
+        from clients.keras_trainer import build_model
+
+        return build_model(spec, weights)
+    raise ValueError(f"unknown framework '{framework}'; allowed: torch, keras")
+
+
 def run_audits(cfg: Config, spec: ModelSpec, weights: list[np.ndarray]) -> dict:
     from clients.audit import run_audits as audits
 
@@ -55,14 +83,16 @@ def training_batches(cfg: Config, server_round: int, partition_id: int,
     """Index arrays of the mini-batches client ``partition_id`` trains on in a round, in order.
 
     The ClientApp's schedule without DP-SGD (``clients.schedule``: generator from
-    ``client_randomness(seed, round, partition id)``, ``batch_schedule``), with the
+    ``client_randomness(seed, round, partition id)``, ``batch_schedule`` with the
+    client's ``[heterogeneity]`` steps), with the
     padding of partial batches removed: one array per optimizer step.
     """
-    from clients.schedule import PAD, batch_schedule, client_randomness
+    from clients.schedule import PAD, batch_schedule, client_randomness, round_train_config
 
     rng, _ = client_randomness(cfg.seed, server_round, partition_id)
-    return [row[row != PAD] for row in batch_schedule(num_examples, cfg.train, rng)]
+    train = round_train_config(cfg, server_round, partition_id)
+    return [row[row != PAD] for row in batch_schedule(num_examples, train, rng)]
 
 
-__all__ = ["ThreadsUnavailable", "framework_threads", "get_evaluator", "make_client_app",
-           "run_audits", "tensorflow_threads", "training_batches"]
+__all__ = ["ThreadsUnavailable", "framework_model", "framework_threads", "get_evaluator",
+           "make_client_app", "run_audits", "tensorflow_threads", "training_batches"]

@@ -13,14 +13,25 @@ import functools
 import logging
 import time
 
-from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients import scaffold
+from clients.attacks import flip_labels, malicious_reply
 from clients.dp import account_round, client_mods
-from clients.schedule import batch_schedule, client_randomness, poisson_schedule
+from clients.schedule import (
+    PAD,
+    batch_schedule,
+    client_randomness,
+    normalized_steps,
+    poisson_schedule,
+    round_train_config,
+)
 from clients.threads import framework_threads
 from clients.trainer import Trainer, get_trainer
 from sandbox.core import wire
+from sandbox.core.assignment import client_framework, malicious_partitions
 from sandbox.core.config import Config
 from sandbox.core.data import ClientData
 from sandbox.core.experiment import load_experiment_data
@@ -39,51 +50,58 @@ def make_client_app(cfg: Config) -> ClientApp:
     """Build the ``ClientApp`` for experiment ``cfg``."""
     app = ClientApp()
     private = cfg.privacy.sample.enabled
-    # privacy.secure_rng: DP-SGD noise and batch membership from the OS's CSPRNG (see
-    # clients.schedule.SecureRandom); without sample-level DP there is neither.
-    secure = private and cfg.privacy.secure_rng
 
     def local(context: Context) -> tuple[int, ClientData, ModelSpec, Trainer]:
         # Everything here is cached per process (the app itself must stay picklable).
         partition_id = int(context.node_config[wire.NODE_PARTITION_ID])
         data = load_experiment_data(cfg).clients[partition_id]
         spec = wire.model_spec_for(cfg)
-        trainer = get_trainer(cfg.framework, spec, cfg.train, private=private)
+        trainer = get_trainer(client_framework(cfg, partition_id), spec, cfg.train,
+                              private=private)
         return partition_id, data, spec, trainer
 
     # Client-side clipping applies to training replies only (evaluate and query messages
-    # carry no model update to clip).
+    # carry no model update to clip). It wraps the handler, so it clips what a malicious
+    # client sends too.
     @app.train(mods=client_mods(cfg.privacy.client.mode))
     @with_client_threads(cfg)
     @failures_as_replies(cfg, "train")
     def train(msg: Message, context: Context) -> Message:
         partition_id, data, spec, trainer = local(context)
-        trainer.set_weights(wire.record_to_arrays(spec, msg.content[wire.ARRAYS]))
-        server_round = int(msg.content[wire.CONFIG][wire.SERVER_ROUND])
-        rng, framework_seed = client_randomness(cfg.seed, server_round, partition_id,
-                                                secure=secure)
-        n = len(data.y_train)
-        metrics = MetricRecord({wire.NUM_EXAMPLES: n, wire.UNIT_WEIGHT: 1.0,
-                                wire.PARTITION_ID: partition_id})
-        if private:
-            plan = sample_dp_plan(cfg, n)
-            schedule = (poisson_schedule(n, plan.sample_rate, plan.steps, rng) if plan.poisson
-                        else batch_schedule(n, cfg.train, rng))
-            loss = trainer.fit(data.x_train, data.y_train, schedule, seed=framework_seed,
-                               dp=plan, secure_rng=secure)
-            metrics[wire.DP_EPSILON] = account_round(
-                context, plan, method=cfg.privacy.accountant, delta=cfg.privacy.delta)
-            metrics[wire.DP_NOISE_MULTIPLIER] = plan.noise_multiplier
-        else:
-            schedule = batch_schedule(n, cfg.train, rng)
-            mu = float(msg.content[wire.CONFIG].get(wire.PROXIMAL_MU, 0.0))  # sent by FedProx
-            loss = trainer.fit(data.x_train, data.y_train, schedule, seed=framework_seed,
-                               proximal_mu=mu)
-        _record_progress(context, steps=len(schedule))
-        metrics[wire.TRAIN_LOSS] = loss
-        content = RecordDict(
-            {wire.ARRAYS: wire.to_record(trainer.get_weights()), wire.METRICS: metrics}
-        )
+        received = wire.record_to_arrays(spec, msg.content[wire.ARRAYS])
+        trainer.set_weights(received)
+        config = msg.content[wire.CONFIG]
+        server_round = int(config[wire.SERVER_ROUND])
+        malicious = partition_id in malicious_partitions(cfg)
+        labels = data.y_train
+        if malicious and cfg.attack.kind == "label_flip":
+            labels = flip_labels(labels, spec.num_classes)
+        metrics = MetricRecord({
+            wire.NUM_EXAMPLES: len(labels), wire.UNIT_WEIGHT: 1.0,
+            wire.PARTITION_ID: partition_id, wire.MALICIOUS: float(malicious),
+            wire.KERAS_CLIENT: float(client_framework(cfg, partition_id) == "keras")})
+        if config.get(wire.REPORT_PRE_TRAIN_LOSS, False):  # sent by q-FFL
+            metrics[wire.PRE_TRAIN_LOSS] = trainer.evaluate(data.x_train, labels)[0]
+        control = scaffold.server_control(msg.content, spec)
+        own = None if control is None else scaffold.client_control(context, spec)
+        schedule = _fit(cfg, trainer, context, data.x_train, labels, config, metrics,
+                        correction=None if control is None else scaffold.correction(control, own))
+        steps = len(schedule)
+        _record_progress(context, steps=steps)
+        metrics[wire.LOCAL_STEPS] = steps
+        metrics[wire.NORMALIZED_STEPS] = normalized_steps(cfg.train, steps)
+        metrics[wire.LOCAL_EXAMPLES] = int((schedule != PAD).sum())
+        weights = trainer.get_weights()
+        content = RecordDict({wire.METRICS: metrics})
+        if control is not None:
+            updated = scaffold.updated_control(control, own, received, weights, steps=steps,
+                                               lr=cfg.train.lr)
+            scaffold.store_control(context, updated)
+            content[wire.CONTROL_DELTA] = scaffold.control_delta(updated, own)
+        if malicious:
+            weights = malicious_reply(cfg.attack, weights, received, seed=cfg.seed,
+                                      server_round=server_round, partition_id=partition_id)
+        content[wire.ARRAYS] = wire.to_record(weights)
         return Message(content, reply_to=msg)
 
     @app.query(wire.PARTITION_QUERY_ACTION)
@@ -96,16 +114,51 @@ def make_client_app(cfg: Config) -> ClientApp:
     @with_client_threads(cfg)
     @failures_as_replies(cfg, "evaluate")
     def evaluate(msg: Message, context: Context) -> Message:
-        _, data, spec, trainer = local(context)
+        partition_id, data, spec, trainer = local(context)
         trainer.set_weights(wire.record_to_arrays(spec, msg.content[wire.ARRAYS]))
         loss, accuracy = trainer.evaluate(data.x_val, data.y_val)
         metrics = MetricRecord(
             {wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: accuracy,
-             wire.NUM_EXAMPLES: len(data.y_val), wire.UNIT_WEIGHT: 1.0}
+             wire.NUM_EXAMPLES: len(data.y_val), wire.UNIT_WEIGHT: 1.0,
+             wire.PARTITION_ID: partition_id}
         )
         return Message(RecordDict({wire.METRICS: metrics}), reply_to=msg)
 
     return app
+
+
+def _fit(cfg: Config, trainer: Trainer, context: Context, x: np.ndarray, y: np.ndarray,
+         config: ConfigRecord, metrics: MetricRecord, *,
+         correction: list[np.ndarray] | None) -> np.ndarray:
+    """Train one round (DP-SGD under ``privacy.sample``); return the schedule it ran.
+
+    Adds the training loss and, under DP-SGD, the node's ε and noise multiplier to
+    ``metrics``.
+    """
+    partition_id = int(context.node_config[wire.NODE_PARTITION_ID])
+    server_round = int(config[wire.SERVER_ROUND])
+    private = cfg.privacy.sample.enabled
+    # privacy.noise = "secure": DP-SGD noise and batch membership from the OS's CSPRNG
+    # (see clients.schedule.SecureRandom); without sample-level DP there is neither.
+    secure = private and cfg.privacy.secure_rng
+    rng, framework_seed = client_randomness(cfg.seed, server_round, partition_id,
+                                            secure=secure)
+    n = len(y)
+    if private:
+        plan = sample_dp_plan(cfg, n)
+        schedule = (poisson_schedule(n, plan.sample_rate, plan.steps, rng) if plan.poisson
+                    else batch_schedule(n, cfg.train, rng))
+        metrics[wire.TRAIN_LOSS] = trainer.fit(x, y, schedule, seed=framework_seed, dp=plan,
+                                               secure_rng=secure, correction=correction)
+        metrics[wire.DP_EPSILON] = account_round(
+            context, plan, method=cfg.privacy.accountant, delta=cfg.privacy.delta)
+        metrics[wire.DP_NOISE_MULTIPLIER] = plan.noise_multiplier
+        return schedule
+    schedule = batch_schedule(n, round_train_config(cfg, server_round, partition_id), rng)
+    mu = float(config.get(wire.PROXIMAL_MU, 0.0))  # sent by FedProx
+    metrics[wire.TRAIN_LOSS] = trainer.fit(x, y, schedule, seed=framework_seed,
+                                           proximal_mu=mu, correction=correction)
+    return schedule
 
 
 def with_client_threads(cfg: Config):
@@ -120,7 +173,8 @@ def with_client_threads(cfg: Config):
     def decorate(handler):
         @functools.wraps(handler)
         def wrapped(msg: Message, context: Context) -> Message:
-            with framework_threads(cfg.framework, cfg.runtime.threads_per_client):
+            framework = client_framework(cfg, int(context.node_config[wire.NODE_PARTITION_ID]))
+            with framework_threads(framework, cfg.runtime.threads_per_client):
                 return handler(msg, context)
 
         return wrapped

@@ -97,6 +97,11 @@ class KerasTrainer:
         y_spec = tf.TensorSpec((None,), tf.int64)
         # FedProx anchor: the global weights a round starts from.
         self._anchor = [tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
+        # SCAFFOLD's c - c_i, added to every step's gradient (zeros: no correction; adding
+        # 0.0 leaves every gradient's value as it was).
+        self._correction = [tf.Variable(tf.zeros_like(v), trainable=False)
+                            for v in self.model.trainable_variables]
+        self._corrected = False
         signature = [x_spec, y_spec, tf.TensorSpec((None, None), tf.int64),
                      tf.TensorSpec((), tf.float32)]
         self._train = tf.function(functools.partial(self._train_steps, proximal=False),
@@ -141,10 +146,23 @@ class KerasTrainer:
                     objective += proximal_mu / 2 * tf.add_n([
                         tf.reduce_sum(tf.square(v - a))
                         for v, a in zip(variables, self._anchor, strict=True)])
-            grads = tape.gradient(objective, variables)
+            grads = self._corrected_gradients(tape.gradient(objective, variables))
             self.optimizer.apply_gradients(zip(grads, variables, strict=True))
             total += loss
         return total / tf.cast(tf.shape(schedule)[0], tf.float32)
+
+    def _corrected_gradients(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
+        return [g + c for g, c in zip(grads, self._correction, strict=True)]
+
+    def _set_correction(self, correction: list[np.ndarray] | None) -> None:
+        """Load SCAFFOLD's ``c - c_i`` for this call (``None``: zeros)."""
+        if correction is None and not self._corrected:
+            return
+        for variable, value in zip(self._correction, correction or
+                                   [np.zeros(v.shape, np.float32) for v in self._correction],
+                                   strict=True):
+            variable.assign(value)
+        self._corrected = correction is not None
 
     def clipped_gradient_sum(
         self, xb: tf.Tensor, yb: tf.Tensor, mask: tf.Tensor, clip: tf.Tensor
@@ -183,6 +201,8 @@ class KerasTrainer:
             mask = tf.cast(idx != PAD, tf.float32)
             safe = tf.maximum(idx, 0)
             grads, loss = gradient(row, tf.gather(x, safe), tf.gather(y, safe), mask)
+            # SCAFFOLD corrects the privatized gradient (post-processing; clients.scaffold)
+            grads = self._corrected_gradients(grads)
             self.optimizer.apply_gradients(zip(grads, variables, strict=True))
             total += loss  # 0 for an empty batch, which the count leaves out
             nonempty += tf.minimum(tf.reduce_sum(mask), 1.0)
@@ -229,10 +249,11 @@ class KerasTrainer:
 
     def fit(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int,
             dp: SampleDPPlan | None = None, proximal_mu: float = 0.0,
-            secure_rng: bool = False) -> float:
+            secure_rng: bool = False, correction: list[np.ndarray] | None = None) -> float:
         if (dp is not None) != self.private:
             raise ValueError("a private trainer needs a DP plan, a plain one must not get one")
         self._reset_state(seed)
+        self._set_correction(correction)
         if dp is None and not proximal_mu:
             return float(self._train(x, y, schedule, np.float32(0.0)))
         if dp is None:

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sandbox.core.assignment import local_steps
 from sandbox.core.csprng import secure_uniform
 
 if TYPE_CHECKING:
-    from sandbox.core.config import TrainConfig
+    from sandbox.core.config import Config, TrainConfig
 
 #: Padding value of schedule rows that hold fewer examples than the matrix is wide.
 PAD = -1
@@ -59,6 +60,33 @@ def client_randomness(
     framework_seed = int(sequence.generate_state(1)[0] & 0x7FFFFFFF)
     source = SecureRandom() if secure else np.random.default_rng(sequence)
     return source, framework_seed
+
+
+def round_train_config(cfg: Config, server_round: int, partition_id: int) -> TrainConfig:
+    """``cfg.train`` with this client's steps of ``server_round`` under ``[heterogeneity]``.
+
+    With ``heterogeneity.local_steps`` the client takes the steps that
+    :func:`sandbox.core.assignment.local_steps` gives it (full batches, as
+    ``train.local_steps``); without, ``cfg.train`` is returned unchanged.
+    """
+    steps = local_steps(cfg, server_round, partition_id)
+    if steps is None:
+        return cfg.train
+    return cfg.train.model_copy(update={"local_steps": steps, "local_epochs": None})
+
+
+def normalized_steps(train: TrainConfig, steps: int) -> float:
+    """FedNova's ``||a_i||_1`` for ``steps`` local steps of ``train``'s optimizer.
+
+    Plain SGD: ``tau``; SGD with momentum ``rho``: ``sum_{k=1..tau} (1 - rho^k) / (1 - rho)``
+    (Wang et al. 2020, "Tackling the Objective Inconsistency Problem in Heterogeneous
+    Federated Optimization", NeurIPS, Section 4). Adam has no such closed form; it
+    reports ``tau`` like plain SGD.
+    """
+    rho = train.momentum if train.optimizer == "sgd" else 0.0
+    if rho == 0:
+        return float(steps)
+    return (steps - rho * (1 - rho**steps) / (1 - rho)) / (1 - rho)
 
 
 def batch_schedule(num_examples: int, cfg: TrainConfig, rng: RandomSource) -> np.ndarray:

@@ -144,6 +144,12 @@ def _urandom_optimizer_class() -> type:
     return _UrandomDPOptimizer
 
 
+def _add_offsets(optimizer, *, offsets: list[torch.Tensor]) -> None:
+    """Opacus step hook: add SCAFFOLD's correction to the clipped, noised gradient."""
+    for param, offset in zip(optimizer.params, offsets, strict=True):
+        param.grad.add_(offset)
+
+
 class TorchTrainer:
     """Local SGD/Adam training of a ``SpecModule`` (see :class:`clients.trainer.Trainer`)."""
 
@@ -176,15 +182,24 @@ class TorchTrainer:
             return torch.optim.Adam(params, lr=self.cfg.lr)
         return torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum)
 
+    def _correction(self, correction: list[np.ndarray] | None) -> list[torch.Tensor]:
+        """SCAFFOLD's ``c - c_i`` in the parameters' layout (empty: no correction)."""
+        if correction is None:
+            return []
+        return [torch.from_numpy(np.ascontiguousarray(to_torch_layout(c)))
+                for c in correction]
+
     def fit(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int,
             dp: SampleDPPlan | None = None, proximal_mu: float = 0.0,
-            secure_rng: bool = False) -> float:
+            secure_rng: bool = False, correction: list[np.ndarray] | None = None) -> float:
         # Dropout masks. (torch.manual_seed also seeds CUDA/XPU/MTIA stubs: ~1 ms per call.)
         torch.random.default_generator.manual_seed(seed)
         if (dp is not None) != self.private:
             raise ValueError("a private trainer needs a DP plan, a plain one must not get one")
+        offsets = self._correction(correction)
         if dp is not None:
-            return self._fit_private(x, y, schedule, seed=seed, dp=dp, secure_rng=secure_rng)
+            return self._fit_private(x, y, schedule, seed=seed, dp=dp, secure_rng=secure_rng,
+                                     offsets=offsets)
         optimizer = self._optimizer()  # fresh optimizer state each round, as in FedAvg
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         self.module.train()
@@ -200,14 +215,20 @@ class TorchTrainer:
                     (p - a).pow(2).sum() for p, a in zip(self.module.parameters(), anchor,
                                                          strict=True))
             objective.backward()
+            if offsets:  # SCAFFOLD: g + c - c_i
+                for param, offset in zip(self.module.parameters(), offsets, strict=True):
+                    param.grad.add_(offset)
             optimizer.step()
             total += loss.detach()  # the data loss, without the proximal term (as Keras)
         return float(total) / max(len(schedule), 1)
 
     def _fit_private(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int,
-                     dp: SampleDPPlan, secure_rng: bool) -> float:
+                     dp: SampleDPPlan, secure_rng: bool,
+                     offsets: list[torch.Tensor]) -> float:
         model = self._grad_sample_module
         optimizer = _dp_optimizer(self._optimizer(), dp, seed=seed, secure_rng=secure_rng)
+        if offsets:  # SCAFFOLD: corrects the privatized gradient (post-processing)
+            optimizer.attach_step_hook(functools.partial(_add_offsets, offsets=offsets))
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         model.train()
         total, nonempty = 0.0, 0

@@ -27,7 +27,7 @@ class Trainer(Protocol):
 
     def fit(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int,
             dp: SampleDPPlan | None = None, proximal_mu: float = 0.0,
-            secure_rng: bool = False) -> float:
+            secure_rng: bool = False, correction: list[np.ndarray] | None = None) -> float:
         """Run one optimizer step per schedule row; return the mean training loss.
 
         Rows may be padded with :data:`clients.schedule.PAD` (the partial last batch of
@@ -46,6 +46,10 @@ class Trainer(Protocol):
         "secure"``, the default) the noise comes fresh from the OS's CSPRNG and is not
         reproducible; without it, it is seeded by ``seed`` (``privacy.noise = "seeded"``:
         reproducible, not private). Ignored without ``dp``.
+
+        ``correction`` (SCAFFOLD's ``c - c_i``, canonical layout) is added to every
+        step's gradient before the optimizer uses it; with ``dp`` it is added to the
+        clipped and noised gradient (post-processing; :mod:`clients.scaffold`).
         """
         ...
 
@@ -75,8 +79,10 @@ def get_evaluator(framework: str, spec: ModelSpec, train: TrainConfig) -> Traine
     """A model for evaluating weights (the server's global test, audits), once per process.
 
     A separate instance from the clients' trainers, which may run in the same process.
+    ``"mixed"`` (a federation of torch and Keras clients) is evaluated in torch
+    (:func:`sandbox.core.assignment.server_framework`).
     """
-    return _build(framework, spec, train, private=False)
+    return _build("torch" if framework == "mixed" else framework, spec, train, private=False)
 
 
 def _build(framework: str, spec: ModelSpec, train: TrainConfig, *, private: bool) -> Trainer:

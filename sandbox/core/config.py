@@ -404,6 +404,13 @@ class Config(_Section):
                 f"runtime.threads_per_client = {threads.threads_per_client}: with framework "
                 "= 'keras' and backend = 'inline', clients and server share one TensorFlow "
                 "thread pool; set the two equal, or use backend = 'ray'")
+        if self.heterogeneity.local_steps is not None and self.privacy.sample.enabled:
+            # The DP-SGD plan (steps, sampling rate) that the server's ledger accounts is
+            # one per client for the whole run.
+            raise ValueError(
+                "heterogeneity.local_steps cannot be used with privacy.sample.enabled = true "
+                "(DP-SGD's steps per round come from its privacy plan); allowed: "
+                "heterogeneity.local_steps unset, or sample-level DP off")
         if self.privacy.sample.enabled and self.model.dropout:
             raise ValueError(
                 "privacy.sample.enabled needs model.dropout = 0 "

@@ -70,6 +70,19 @@ METRIC_COLUMNS = [
     "round", *VALIDATION_COLUMNS[:2], *TEST_COLUMNS, "train_loss", *VALIDATION_COLUMNS[2:],
     *PRIVACY_COLUMNS, *FAILURE_COLUMNS, *PARTICIPATION_COLUMNS,
 ]
+#: ``framework = "mixed"``: the client metrics of the torch and of the Keras clients,
+#: weighted as the columns over all clients (by examples, or equally under client DP).
+FRAMEWORK_COLUMNS = [f"{metric}_{framework}" for metric in
+                     ("train_loss", "fed_val_loss", "fed_val_accuracy")
+                     for framework in ("torch", "keras")]
+#: ``[heterogeneity]``: each valid training reply's optimizer steps and examples
+#: processed, ``{partition id: count}`` (JSON cells in metrics.csv).
+COMPUTE_COLUMNS = ["local_steps", "local_examples"]
+#: ``[attack]``: the malicious partitions among the round's valid training replies.
+ATTACK_COLUMNS = ["malicious_partitions"]
+#: metrics.csv columns that hold a dict or list: one JSON cell each.
+JSON_COLUMNS = ("failures", "train_partitions", "fed_val_partitions", *COMPUTE_COLUMNS,
+                *ATTACK_COLUMNS)
 #: The metric that picks a run's best round (and a sweep's or search's best run).
 SELECTION_METRIC = "central_val_accuracy"
 VERSIONED_PACKAGES = [

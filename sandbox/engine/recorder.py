@@ -26,9 +26,14 @@ from sandbox.core import wire
 from sandbox.core.errors import RunDiverged
 from sandbox.core.privacy import PrivacyLedger
 from sandbox.core.privacy.assumptions import epsilon_caveats
-from sandbox.core.results import METRIC_COLUMNS, PRIVACY_COLUMNS, BudgetStop
+from sandbox.core.results import (
+    METRIC_COLUMNS,
+    PRIVACY_COLUMNS,
+    BudgetStop,
+)
 from sandbox.engine import interrupt
 from sandbox.engine.checkpoint import Checkpoint, save_checkpoint
+from sandbox.engine.replies import metric_columns
 from sandbox.engine.tensorboard import ScalarWriter
 
 if TYPE_CHECKING:
@@ -89,6 +94,8 @@ class RunRecorder:
         self._tb = ScalarWriter(tensorboard_dir) if tensorboard_dir is not None else None
         self._progress = _progress_bar(cfg) if cfg.output.progress else None
         self._caveats = epsilon_caveats(cfg)
+        self._columns = metric_columns(cfg)
+        self._extra_columns = self._columns[len(METRIC_COLUMNS):]
 
     def round_finished(self, server_round: int, metrics: dict[str, float]) -> None:
         now = time.perf_counter()
@@ -97,6 +104,8 @@ class RunRecorder:
             **{k: metrics[k] for k in CENTRAL_TAGS.values()},
             **{k: metrics[k] for k in PRIVACY_COLUMNS if k in metrics},
             **self._client_columns(server_round),
+            # per framework, compute, attack (sandbox.engine.replies)
+            **{k: metrics[k] for k in self._extra_columns if k in metrics},
         }
         self.round_seconds[server_round] = now - self._last
         self._last = now
@@ -227,7 +236,7 @@ class RunRecorder:
 
     def _merged_rows(self) -> list[dict[str, Any]]:
         """Rows per round with every column (None where a round has no value)."""
-        return [{key: None for key in METRIC_COLUMNS} | self.rows[r] for r in sorted(self.rows)]
+        return [{key: None for key in self._columns} | self.rows[r] for r in sorted(self.rows)]
 
 
 def _weighted_by(accounted: Accounted) -> str | None:

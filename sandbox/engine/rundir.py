@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sandbox.core.assignment import keras_partitions, malicious_partitions
 from sandbox.core.errors import SandboxError
 from sandbox.core.privacy import PrivacyLedger
 from sandbox.core.privacy.assumptions import accounting_assumptions, epsilon_caveats
 from sandbox.core.results import (
-    METRIC_COLUMNS,
+    JSON_COLUMNS,
     RunResult,
     StopReason,
     package_versions,
@@ -41,6 +42,7 @@ from sandbox.core.results import (
 from sandbox.engine import plots
 from sandbox.engine.checkpoint import CHECKPOINT, CHECKPOINT_INFO
 from sandbox.engine.recorder import RunRecord
+from sandbox.engine.replies import metric_columns
 
 if TYPE_CHECKING:
     from sandbox.core.config import Config
@@ -106,13 +108,14 @@ class RunDirectory:
         text = json.dumps(finite_or_null(payload), indent=2, allow_nan=False)
         (self.path / name).write_text(text + "\n")
 
-    def write_metrics_csv(self, rows: list[dict]) -> None:
+    def write_metrics_csv(self, rows: list[dict], columns: list[str]) -> None:
         with (self.path / "metrics.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
-            for row in rows:  # failures and partition lists as one JSON cell each
+            for row in rows:  # failures, partition lists, compute as one JSON cell each
                 writer.writerow(row | {key: "" if row.get(key) in (None, {}) else
-                                       json.dumps(row[key]) for key in JSON_CELLS})
+                                       json.dumps(row[key]) for key in JSON_COLUMNS
+                                       if key in columns})
 
     def commit(self) -> Path:
         self.path.rename(self.final_path)
@@ -197,7 +200,7 @@ def write_run(
     })
     run_dir.write_json("privacy.json", privacy)
     run_dir.write_json("metrics.json", rows)
-    run_dir.write_metrics_csv(rows)
+    run_dir.write_metrics_csv(rows, metric_columns(cfg))
     run_dir.write_json("timings.json", {"wall_s": wall_s, "round_s": record.round_seconds})
     run_dir.write_json("partition_stats.json", stats)
     run_dir.write_json("participation.json", {
@@ -232,9 +235,6 @@ def finite_or_null(value: Any) -> Any:
     return value
 
 
-#: metrics.csv columns that hold a dict or list: one JSON cell each.
-JSON_CELLS = ("failures", "train_partitions", "fed_val_partitions")
-
 
 def run_header(cfg: Config) -> dict[str, Any]:
     """The first keys of ``run.json``: what ran."""
@@ -243,4 +243,17 @@ def run_header(cfg: Config) -> dict[str, Any]:
             # float reductions depend on these: part of what ran (runtime.* keys)
             "threads": {"per_client": cfg.runtime.threads_per_client,
                         "server": cfg.runtime.server_threads},
-            "noise": cfg.privacy.noise if cfg.privacy.any_dp else None}
+            "noise": cfg.privacy.noise if cfg.privacy.any_dp else None,
+            **_assignments(cfg)}
+
+
+def _assignments(cfg: Config) -> dict[str, Any]:
+    """Who trains in Keras (mixed) and who is malicious (``[attack]``): a simulation's
+    facts, from the seed (:mod:`sandbox.core.assignment`)."""
+    found: dict[str, Any] = {}
+    if cfg.framework == "mixed":
+        found["keras_partitions"] = keras_partitions(cfg)
+        found["evaluation_framework"] = "torch"
+    if cfg.attack.any:
+        found["attack"] = {"kind": cfg.attack.kind, "partitions": malicious_partitions(cfg)}
+    return found

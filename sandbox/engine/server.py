@@ -5,22 +5,28 @@ client-level DP wrapper (:mod:`strategies.client_dp`), and outermost the privacy
 ledger / budget wrapper (``strategies.accounted``). The global model is evaluated with a model from
 ``clients.get_evaluator`` on the server-held validation set and on the global test set
 after round 0 (the initial model) and every round, on ``runtime.server_threads`` threads
-(:mod:`clients.threads`).
+(:mod:`clients.threads`). A mixed federation (``framework = "mixed"``: torch and Keras
+clients train one model in the canonical weight layout) is evaluated in torch
+(:func:`sandbox.core.assignment.server_framework`). The rows of a mixed, heterogeneous or
+attacked federation also get the columns that need the clients' replies one by one
+(per-framework metrics, compute, malicious partitions; :mod:`sandbox.engine.replies`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 import strategies
 from clients import framework_threads, get_evaluator
 from sandbox.core import wire
+from sandbox.core.assignment import server_framework
 from sandbox.core.errors import BudgetExhausted
 from sandbox.core.experiment import load_experiment_data
 from sandbox.core.privacy import sample_dp_plans
+from sandbox.engine.replies import ReplyTap, client_columns
 
 if TYPE_CHECKING:
     from flwr.serverapp.strategy import Result
@@ -67,17 +73,22 @@ def build_accounted_strategy(cfg: Config, initial_arrays: ArrayRecord, *, source
                              prior: PrivacyLedger | None = None) -> Accounted:
     """Registry strategy, optional client-level DP wrapper, ledger/budget wrapper."""
     data = load_experiment_data(cfg)
-    client_dp = cfg.privacy.client.mode != "off"
-    # Under client-level DP every client counts equally (strategies.client_dp releases
-    # the noised clipped sum / qN); unit weights keep the aggregated client metrics so.
-    weight_key = wire.UNIT_WEIGHT if client_dp else wire.NUM_EXAMPLES
     strategy = strategies.build_strategy(cfg.federation, cfg.data.num_clients,
-                                         weighted_by_key=weight_key)
-    if client_dp:
+                                         weighted_by_key=weight_key(cfg))
+    if cfg.privacy.client.mode != "off":
         strategy = strategies.wrap_client_dp(strategy, cfg)
     return strategies.accounted(strategy, cfg, sample_dp_plans(cfg, data),
                                 initial_arrays=initial_arrays,
                                 source=source, prior=prior)
+
+
+def weight_key(cfg: Config) -> str:
+    """The reply metric client metrics are weighted by.
+
+    Under client-level DP every client counts equally (strategies.client_dp releases the
+    noised clipped sum / qN); unit weights keep the aggregated client metrics so.
+    """
+    return wire.UNIT_WEIGHT if cfg.privacy.client.mode != "off" else wire.NUM_EXAMPLES
 
 
 def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver,
@@ -94,19 +105,24 @@ def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver,
         first_round = resume.server_round + 1
     # The server's framework work runs on runtime.server_threads threads, set in the thread
     # that evaluates (Flower's simulation runs the ServerApp in a thread of its own).
-    with framework_threads(cfg.framework, cfg.runtime.server_threads):
-        evaluator = get_evaluator(cfg.framework, spec, cfg.train)
+    framework = server_framework(cfg)
+    with framework_threads(framework, cfg.runtime.server_threads):
+        evaluator = get_evaluator(framework, spec, cfg.train)
+    tap = ReplyTap(grid)
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        replies = tap.take()  # this round's (rounds run one after another)
         # Round callbacks run inside too: one may re-evaluate the model (twin runs).
-        with framework_threads(cfg.framework, cfg.runtime.server_threads):
+        with framework_threads(framework, cfg.runtime.server_threads):
             evaluator.set_weights(wire.record_to_arrays(spec, arrays))
             val_loss, val_accuracy = evaluator.evaluate(data.x_val, data.y_val)
             test_loss, test_accuracy = evaluator.evaluate(data.x_test, data.y_test)
             central = {"central_val_loss": val_loss, "central_val_accuracy": val_accuracy,
                        "central_test_loss": test_loss, "central_test_accuracy": test_accuracy}
             privacy = accounted.ledger.round_summary(server_round, cfg.privacy.accountant)
-            observer.round_finished(server_round, {**central, **privacy})
+            clients = {} if server_round == 0 else client_columns(
+                cfg, replies[MessageType.TRAIN], replies[MessageType.EVALUATE], weight_key(cfg))
+            observer.round_finished(server_round, {**central, **privacy, **clients})
         return MetricRecord(central)
 
     # The inline grid exposes its nodes' Context.state (checkpoints keep it).
@@ -114,7 +130,7 @@ def run_strategy(cfg: Config, grid: Grid, observer: RoundObserver,
     stopped = None
     try:
         accounted.start(
-            grid=grid,
+            grid=tap,
             initial_arrays=initial,
             num_rounds=cfg.rounds,
             first_round=first_round,
