@@ -15,6 +15,8 @@ from sandbox.engine.rundir import RunDirectory, write_run
 from sandbox.engine.runtime import reserve_threads
 
 if TYPE_CHECKING:
+    from flwr.serverapp import Grid
+
     from sandbox.core.config import Config
     from sandbox.core.privacy import PrivacyLedger
     from sandbox.engine.checkpoint import Checkpoint
@@ -57,10 +59,33 @@ def run(config: Config, *, callbacks=(), prior_ledger: PrivacyLedger | None = No
     """
     started = time.perf_counter()
     prepared = preflight(config)
+    if config.backend == "deployment":  # the ServerApp runs (and records) in Flower's process
+        from sandbox.engine.runtime.deployment import run_deployment
+
+        if callbacks or prior_ledger is not None:
+            raise SandboxError("backend 'deployment' runs the server in Flower's SuperExec "
+                               "process: round callbacks and a prior privacy ledger (search "
+                               "trials) need backend 'inline', 'pool' or 'ray'")
+        return run_deployment(config, RunDirectory(config))
     reserve_threads(config)
     run_dir = RunDirectory(config)
     return _execute(config, run_dir, prepared, started, callbacks=callbacks,
                     prior_ledger=prior_ledger)
+
+
+def run_on_grid(config: Config, grid: Grid, *, run_dir: Path | None = None) -> RunResult:
+    """Run ``config`` on a ``Grid`` someone else provides (the Flower App's ServerApp).
+
+    The same pre-flight, recorder and results directory as :func:`run`; ``run_dir`` is an
+    existing ``<run>.partial`` directory to write into (created by the ``fedsandbox run``
+    process of ``backend = "deployment"``), or ``None`` for a new one under
+    ``output.dir``.
+    """
+    started = time.perf_counter()
+    prepared = preflight(config)
+    reserve_threads(config)
+    directory = RunDirectory(config) if run_dir is None else RunDirectory.reopen(run_dir)
+    return _execute(config, directory, prepared, started, grid=grid)
 
 
 def resume(run_dir: str | Path, *, callbacks=(), progress: bool | None = None) -> RunResult:
@@ -106,9 +131,13 @@ def resume(run_dir: str | Path, *, callbacks=(), progress: bool | None = None) -
 
 def _execute(config: Config, run_dir: RunDirectory, prepared: Prepared, started: float, *,
              callbacks=(), prior_ledger: PrivacyLedger | None = None,
-             resume: Checkpoint | None = None) -> RunResult:
-    """Run the federation into ``run_dir``; publish it, or keep it as failed/interrupted."""
+             resume: Checkpoint | None = None, grid: Grid | None = None) -> RunResult:
+    """Run the federation into ``run_dir``; publish it, or keep it as failed/interrupted.
+
+    With ``grid`` the ServerApp's strategy runs on it in this thread (no runtime backend).
+    """
     from sandbox.engine.runtime import run_federation
+    from sandbox.engine.server import run_strategy
 
     tensorboard = run_dir.path / "tensorboard" if config.output.tensorboard else None
     recorder = RunRecorder(config, tensorboard_dir=tensorboard, callbacks=callbacks,
@@ -116,7 +145,10 @@ def _execute(config: Config, run_dir: RunDirectory, prepared: Prepared, started:
                            checkpoint_dir=run_dir.path if config.output.checkpoint else None)
     try:
         try:
-            run_federation(config, recorder, resume)
+            if grid is None:
+                run_federation(config, recorder, resume)
+            else:
+                run_strategy(config, grid, recorder)
         finally:
             recorder.stop_progress()
         if recorder.stop_exception is not None:
