@@ -164,3 +164,102 @@ def test_fedprox_proximal_term_pulls_towards_the_round_start(digits):
     assert drift["torch", 5.0][2] == pytest.approx(drift["keras", 5.0][2], rel=1e-4)
     for a, b in zip(drift["torch", 5.0][0], drift["keras", 5.0][0], strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("private", [False, True], ids=["plain", "dp_sgd"])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_scaffold_correction_shifts_a_step_by_lr_times_c_minus_ci(framework, private, digits):
+    """Hand-checked: one SGD step with correction v = c - c_i is w - lr (g + v), i.e. the
+    uncorrected step minus lr v. Under DP-SGD (seeded noise, the same in both calls) v is
+    added to the clipped and noised gradient, so the identity holds there too (added
+    before clipping, it would be clipped away or overwritten)."""
+    from sandbox.core.privacy import SampleDPPlan
+
+    client, _ = digits
+    x, y = client.x_train[:40], client.y_train[:40]
+    spec = ModelSpec.from_config(ModelConfig(arch="mlp", hidden=[8]), (8, 8, 1), 10)
+    cfg = TrainConfig(lr=0.1, local_steps=1, batch_size=16)
+    schedule = batch_schedule(len(y), cfg, np.random.default_rng(3))
+    plan = SampleDPPlan(1.0, 0.5, 16 / 40, 16, 1, False) if private else None
+    rng = np.random.default_rng(4)
+    correction = [rng.normal(0, 1, shape).astype(np.float32) for _, shape in
+                  spec.weight_shapes()]
+    trainer = get_trainer(framework, spec, cfg, private=private)
+    weights = {}
+    for name, offset in (("plain", None), ("corrected", correction)):
+        trainer.set_weights(spec.init_weights(5))
+        trainer.fit(x, y, schedule, seed=7, dp=plan, correction=offset)
+        weights[name] = trainer.get_weights()
+    for plain, corrected, v in zip(weights["plain"], weights["corrected"], correction,
+                                   strict=True):
+        np.testing.assert_allclose(corrected, plain - 0.1 * v, atol=2e-6)
+    # no correction afterwards: the trainer forgets it
+    trainer.set_weights(spec.init_weights(5))
+    trainer.fit(x, y, schedule, seed=7, dp=plan)
+    for a, b in zip(trainer.get_weights(), weights["plain"], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def _train_message(grid, partition_id: int, weights, control, server_round: int = 1):
+    from flwr.app import ConfigRecord, MessageType, RecordDict
+
+    from sandbox.core import wire
+    from sandbox.engine.runtime.inline import FIRST_NODE_ID
+
+    content = RecordDict({wire.ARRAYS: wire.to_record(weights),
+                          wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: server_round}),
+                          wire.SERVER_CONTROL: wire.to_record(control)})
+    (reply,) = grid.send_and_receive([grid.create_message(
+        content, MessageType.TRAIN, FIRST_NODE_ID + partition_id, "")])
+    assert not reply.has_error(), reply.error.reason
+    return reply
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_scaffold_client_control_variate_option_ii(framework, small):
+    """Hand-checked with one SGD step (K = 1, lr eta) from x:
+    round A (c_i = 0, server c = v1): c_i+ = -v1 + (x - y)/eta = g (the batch gradient),
+    the reply's delta is g and c_i = g is kept in the node's state;
+    round A again from x with c = v2: the correction v2 - g cancels the gradient, so
+    y = x - eta v2 exactly, and c_i+ = g - v2 + v2 = g: delta 0."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from clients import make_client_app
+    from sandbox.core import wire
+    from sandbox.engine.runtime.inline import InlineGrid
+
+    cfg = small(framework=framework, **{"train.local_steps": 1, "train.local_epochs": None,
+                                        "train.momentum": 0.0, "train.lr": 0.1})
+    spec = wire.model_spec_for(cfg)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    grid = InlineGrid(make_client_app(cfg), 2, run_id=1)
+    try:
+        _check_option_ii(grid, spec)
+    finally:
+        if hasattr(grid, "close"):  # a grid with a worker thread releases it
+            grid.close()
+
+
+def _check_option_ii(grid, spec) -> None:
+    from clients.scaffold import STATE_KEY
+    from sandbox.core import wire
+    from sandbox.engine.runtime.inline import FIRST_NODE_ID
+
+    x = spec.init_weights(1)
+    rng = np.random.default_rng(0)
+    v1, v2 = ([rng.normal(0, 0.1, w.shape).astype(np.float32) for w in x] for _ in range(2))
+    first = _train_message(grid, 1, x, v1)
+    y1 = wire.record_to_arrays(spec, first.content[wire.ARRAYS])
+    delta1 = wire.record_to_arrays(spec, first.content[wire.CONTROL_DELTA])
+    gradient = [(a - b) / 0.1 - c for a, b, c in zip(x, y1, v1, strict=True)]
+    stored = wire.record_to_arrays(spec, grid.node_context(FIRST_NODE_ID + 1).state[STATE_KEY])
+    for d, g, s in zip(delta1, gradient, stored, strict=True):
+        np.testing.assert_allclose(d, g, atol=1e-4)
+        np.testing.assert_array_equal(s, d)
+    second = _train_message(grid, 1, x, v2)
+    y2 = wire.record_to_arrays(spec, second.content[wire.ARRAYS])
+    for a, b, c in zip(y2, x, v2, strict=True):
+        np.testing.assert_allclose(a, b - 0.1 * c, atol=1e-5)
+    for d in wire.record_to_arrays(spec, second.content[wire.CONTROL_DELTA]):
+        np.testing.assert_allclose(d, 0.0, atol=1e-4)
+    assert int(second.content[wire.METRICS][wire.LOCAL_STEPS]) == 1
