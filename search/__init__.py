@@ -45,7 +45,7 @@ def run_search(path: str | Path, overrides: dict[str, Any] | None = None, *,
 
         stop_reason = run_kerastuner(study, optuna_study, resume=resume)
     else:
-        from search.optuna_backend import run_optuna
+        from search.workers import run_optuna
 
         optuna_study, stop_reason = run_optuna(study, resume=resume, study_path=Path(path),
                                                overrides=overrides or {})

@@ -50,6 +50,7 @@ class StudyConfig(BaseModel):
     storage: str = ""
     output_dir: str = "results"
     workers: int = Field(1, ge=1)
+    heartbeat_interval: int = Field(30, ge=1)
     epsilon_max: float = Field(0.0, ge=0)
     privacy_budget: float = Field(0.0, ge=0)
     trial_distribution: Literal["fixed", "poisson"] = "fixed"

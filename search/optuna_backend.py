@@ -1,17 +1,19 @@
 """Optuna backend: one federated experiment per trial, reported (and pruned) by round.
 
 The loop is Optuna's ask-and-tell interface rather than ``study.optimize``. Trials fill
-*slots* ``0, 1, ...`` (``n_trials`` of them); with ``W = study.workers`` processes, slot
-``s`` belongs to worker ``s mod W`` and to batch ``s // W``. Then
+*slots* ``0, 1, ...`` (``n_trials`` of them); with ``W = study.workers``, slot ``s``
+belongs to batch ``s // W``, and any worker process (here, or joined from another
+machine) may run any slot: slots are claimed through the storage (:mod:`search.claims`).
+Then
 
-* a slot's parameters are proposed by a fresh sampler seeded from (study seed, slot) on
-  an in-memory copy of the trials of *earlier batches* only (``Study.add_trials``), and
-  the trial is asked with those parameters fixed (``PartialFixedSampler``). A worker
-  waits until the earlier batches have finished, and a trial is told only when every
-  slot of its batch has been asked, so what a slot proposes depends on (seed, slot, W)
-  alone: a study is reproducible with any number of workers, and a study killed and
-  resumed proposes the same parameters as an uninterrupted one (TPE, Random, GP,
-  NSGA-II; CMA-ES also seeds each trial from its trial *number*);
+* a slot is queued once its earlier batches have finished; its parameters are proposed
+  by a fresh sampler seeded from (study seed, slot) on an in-memory copy of the trials
+  of *earlier batches* only (``Study.add_trials``), and what the sampler records beside
+  them (NSGA-II's generation) comes from asking those fixed parameters
+  (``PartialFixedSampler``) of such a copy too. So what a slot proposes depends on
+  (seed, slot, W) alone: a study is reproducible with any number of worker processes,
+  and a study killed and resumed, or whose worker was killed, proposes the same
+  parameters as an uninterrupted one;
 * a proposal equal to an earlier trial's (or to a lower slot's of the same batch) is
   redrawn with the next seed of the slot's stream, up to ``MAX_REDRAWS`` times (a space
   that is exhausted, or nearly so, then repeats a point): workers never evaluate the
@@ -20,34 +22,35 @@ The loop is Optuna's ask-and-tell interface rather than ``study.optimize``. Tria
   derive from a secret key rather than the study seed under secure noise;
 * Hyperband brackets follow the slot, and a trial's rung peers are the trials of earlier
   batches (:mod:`search.hyperband`), so pruning is reproducible too;
-* trials left RUNNING by a killed process are marked FAIL on ``--resume`` and listed in
-  the study user attribute ``interrupted_trials``; their slots run again;
+* trials left RUNNING by a killed process are marked FAIL (by a surviving worker when
+  their heartbeat stops, else on ``--resume``) and listed in the study user attribute
+  ``interrupted_trials``; their slots run again with the same parameters;
 * a failing experiment is told as FAIL with its reason (``fail_reason`` user attr) and the
   study goes on;
 * the study stops at ``n_trials`` slots, at the client-round budget, or when the study's
-  privacy budget is spent (:mod:`search.trials`); the check before each batch reads only
-  earlier batches, so every worker takes the same decision.
+  privacy budget is spent (:mod:`search.trials`); the check before each slot reads only
+  earlier batches, so every worker takes the same decision. Each slot keeps the most the
+  lower slots of its batch (running beside it) can take off the client-round budget, so
+  concurrent trials never overrun it; ``privacy_budget`` needs ``W = 1`` (trials one
+  after another, however many processes).
 """
 
 from __future__ import annotations
 
-import logging
 import os
+import socket
 import time
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox.core.errors import RunPruned
 from sandbox.engine import interrupt
+from search.claims import claim, fail_stale_trials, heartbeat, holders
 from search.study_store import (
     INTERRUPTED_TRIALS,
     NO_TRIAL_DRAWN,
     independent_proposals,
     interrupted_trials,
-    make_storage,
-    open_study,
-    prepare_storage,
     proposal_seed,
     target_trials,
 )
@@ -56,11 +59,10 @@ from search.trials import (
     is_budget_stop,
     mixed_seed,
     run_budgeted_trial,
+    trial_cost_bound,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     import optuna
 
     from search.config import Study
@@ -130,15 +132,8 @@ def recover_interrupted(optuna_study: optuna.Study) -> list[int]:
     return recovered
 
 
-def counted_slots(optuna_study: optuna.Study) -> dict[int, Any]:
-    """Slot -> trial, for the trials that hold their slot (interrupted ones do not)."""
-    interrupted = interrupted_trials(optuna_study)
-    return {int(t.user_attrs["slot"]): t for t in optuna_study.get_trials(deepcopy=False)
-            if "slot" in t.user_attrs and t.number not in interrupted}
-
-
 class OptunaSearch:
-    """Run worker ``worker``'s slots of a study in this process.
+    """One worker of a study: claims slots through the storage and runs them in turn.
 
     Parameters
     ----------
@@ -149,22 +144,20 @@ class OptunaSearch:
     storage : optuna.storages.BaseStorage
         The storage ``optuna_study`` was opened on.
     worker : int
-        This process's index in ``0 .. study.workers - 1``.
-    peers_alive : callable or None
-        Says whether the other workers still run (a waiting worker gives up otherwise).
+        A label for this process's trials (user attribute ``worker``); any worker may run
+        any slot (:mod:`search.claims`).
     progress : bool
         Print one line per trial (never with ``study.release = "best_only"``: the
         trials' results are not to be released).
     """
 
     def __init__(self, study: Study, optuna_study: optuna.Study, storage, *, worker: int = 0,
-                 peers_alive: Callable[[], bool] | None = None, progress: bool = True) -> None:
+                 progress: bool = True) -> None:
         self.study = study
         self.optuna_study = optuna_study
         self.storage = storage
         self.worker = worker
         self.workers = study.settings.workers
-        self.peers_alive = peers_alive or (lambda: True)
         self.progress = progress and study.settings.release == "all"
         self.stop_reason = ""
 
@@ -172,120 +165,169 @@ class OptunaSearch:
         return slot - slot % self.workers
 
     def run(self) -> None:
-        """This worker's slots in order; one federated experiment at a time.
+        """Claim and run slots until every slot (or the budget) is done and none runs.
 
         Threads would share the per-process trainer cache and Flower's process-wide task
         identity, so parallelism comes from worker *processes*.
         """
         target = target_trials(self.study, self.optuna_study)
-        done = {s for s, t in counted_slots(self.optuna_study).items() if t.state.is_finished()}
-        for slot in range(self.worker, target, self.workers):
-            if slot in done:
+        interval = self.study.settings.heartbeat_interval
+        while True:
+            interrupt.check()  # a signal between trials: stop before claiming another
+            fail_stale_trials(self.optuna_study, self.storage, interval=interval)
+            claimed = claim(self.optuna_study, self.storage)
+            if claimed is not None:
+                self._run_claimed(*claimed)
                 continue
-            interrupt.check()  # a signal between trials: stop before asking for another
-            earlier = self._wait(lambda s=slot: self._finished_before(self.batch_start(s)))
-            if self._should_stop(earlier):
-                return
-            self._run_one(slot, earlier)
+            held = holders(self.optuna_study)
+            free = next((s for s in range(target) if s not in held), None)
+            if free is not None and not self.stop_reason:
+                earlier = self._finished_before(self.batch_start(free), held)
+                if earlier is not None and not self._should_stop(free, earlier):
+                    self.enqueue(free)
+                    continue
+            if all(t.state.is_finished() for t in held.values()) and (
+                    free is None or self.stop_reason):
+                break
+            time.sleep(POLL_S)
         self.stop_reason = self.stop_reason or (
             "n_trials reached" if target else NO_TRIAL_DRAWN)
 
-    def _finished_before(self, end: int) -> list | None:
-        """The trials of slots ``< end`` once they have all finished, else ``None``."""
-        slots = counted_slots(self.optuna_study)
-        trials = [slots.get(s) for s in range(end)]
+    @staticmethod
+    def _finished_before(end: int, held: dict[int, Any]) -> list | None:
+        """The holders of slots ``< end`` once they have all finished, else ``None``."""
+        trials = [held.get(s) for s in range(end)]
         if all(t is not None and t.state.is_finished() for t in trials):
             return trials
         return None
 
-    def _wait(self, ready: Callable[[], Any]) -> Any:
-        while (value := ready()) is None:
-            if not self.peers_alive():
-                raise RuntimeError(f"worker {self.worker}: a peer worker died; the study "
-                                   "can be continued with --resume")
-            interrupt.check()
-            time.sleep(POLL_S)
-        return value
+    def _should_stop(self, slot: int, earlier: list) -> bool:
+        """Stop before ``slot``? Reads only earlier batches: every worker agrees.
 
-    def _should_stop(self, earlier: list) -> bool:
-        """Stop before this batch? Reads only earlier batches: every worker agrees."""
-        budget = self.study.settings.client_round_budget
-        if client_budget_spent(self.study, [t.user_attrs for t in earlier]):
+        The client-round budget keeps, for each lower slot of the batch (running beside
+        this one), the most its trial can take, so concurrent trials never overrun it.
+        """
+        spent = [t.user_attrs for t in earlier]
+        if client_budget_spent(self.study, spent, reserved=self._reserved(slot, earlier)):
+            budget = self.study.settings.client_round_budget
             self.stop_reason = f"client-round budget {budget} spent"
             return True
-        if any(is_budget_stop(t.user_attrs) for t in earlier):
+        if any(is_budget_stop(attrs) for attrs in spent):
             self.stop_reason = (f"study privacy budget ε={self.study.settings.privacy_budget:g}"
                                 " spent")
             return True
         return False
 
-    def propose(self, slot: int, earlier: list) -> dict[str, Any]:
-        """Parameters of ``slot``: a fresh sampler on the earlier batches, no repeats.
+    def _reserved(self, slot: int, earlier: list) -> int:
+        """Client-rounds the lower slots of ``slot``'s batch may still take."""
+        if not self.study.settings.client_round_budget or slot == self.batch_start(slot):
+            return 0
+        return sum(trial_cost_bound(self.study, values)
+                   for values in self.proposals(slot, earlier)[:-1])
 
-        Independent proposals (:func:`~search.study_store.independent_proposals`) take
-        the first draw as it comes: repeats are part of i.i.d. random search.
+    def proposals(self, slot: int, earlier: list) -> list[dict[str, Any]]:
+        """Parameters of the slots ``batch_start(slot) .. slot``, in order.
+
+        Each is proposed by a fresh sampler seeded from (seed, slot, draw) on the earlier
+        batches and redrawn while it repeats an earlier trial or a lower slot of its
+        batch; lower slots are proposed here again rather than read, so no worker waits
+        for another. Independent proposals (:func:`~search.study_store.independent_proposals`)
+        take the first draw as it comes: repeats are part of i.i.d. random search.
         """
-        import optuna
-
-        batch = self.batch_start(slot)
-        peers = [t.params for t in self._wait(lambda: self._asked(batch, slot))]
-        seen = [t.params for t in earlier] + peers
         key = proposal_seed(self.study, self.optuna_study)
         redraws = 1 if independent_proposals(self.study) else MAX_REDRAWS
-        values: dict[str, Any] = {}
-        for draw in range(redraws):
-            copy = optuna.create_study(
-                storage=optuna.storages.InMemoryStorage(),
-                directions=self.study.settings.directions,
-                sampler=make_sampler(self.study, seed=mixed_seed(key, slot, draw)))
-            copy.add_trials(earlier)
-            values = self.study.space.suggest_optuna(copy.ask())
-            if values not in seen:
-                break
-        return values
+        seen = [t.params for t in earlier]
+        batch: list[dict[str, Any]] = []
+        for peer in range(self.batch_start(slot), slot + 1):
+            values: dict[str, Any] = {}
+            for draw in range(redraws):
+                copy = self._copy(earlier, make_sampler(self.study,
+                                                        seed=mixed_seed(key, peer, draw)))
+                values = self.study.space.suggest_optuna(copy.ask())
+                if values not in seen + batch:
+                    break
+            batch.append(values)
+        return batch
 
-    def _asked(self, start: int, end: int) -> list | None:
-        """Trials of slots ``start .. end - 1`` once all of them hold their parameters."""
-        slots = counted_slots(self.optuna_study)
-        trials = [slots.get(s) for s in range(start, end)]
-        if all(t is not None and self.study.space.is_complete(t.params) for t in trials):
-            return trials
-        return None
+    def propose(self, slot: int, earlier: list) -> dict[str, Any]:
+        """Parameters of ``slot`` (see :meth:`proposals`)."""
+        return self.proposals(slot, earlier)[-1]
 
-    def ask(self, slot: int, earlier: list) -> tuple[optuna.Study, optuna.Trial, dict]:
-        """Ask ``slot``'s trial with its proposed parameters fixed; (study, trial, values)."""
+    def _copy(self, earlier: list, sampler) -> optuna.Study:
+        import optuna
+
+        copy = optuna.create_study(storage=optuna.storages.InMemoryStorage(),
+                                   directions=self.study.settings.directions, sampler=sampler)
+        copy.add_trials(earlier)
+        return copy
+
+    def enqueue(self, slot: int) -> None:
+        """Queue a trial for ``slot`` (its parameters are fixed by whoever claims it)."""
+        import optuna
+
+        self.optuna_study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.WAITING,
+            user_attrs={"slot": slot, "batch_start": self.batch_start(slot)}))
+
+    def fixed_trial(self, number: int, ident: int, slot: int,
+                    earlier: list) -> tuple[optuna.Study, optuna.Trial, dict]:
+        """The claimed trial with ``slot``'s parameters; (study, trial, values).
+
+        What the sampler records beside the parameters (NSGA-II's generation, ...) comes
+        from asking them (``PartialFixedSampler``) of a copy that holds the earlier
+        batches only, so it does not depend on which trials of the batch finished first.
+        """
         import optuna
 
         values = self.propose(slot, earlier)
         seed = mixed_seed(proposal_seed(self.study, self.optuna_study), slot)
         with warnings.catch_warnings():  # PartialFixedSampler is public, marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.PartialFixedSampler(
-                values, make_sampler(self.study, seed=seed))
-        fixed = optuna.load_study(study_name=self.optuna_study.study_name,
-                                  storage=self.storage, sampler=sampler,
-                                  pruner=self.optuna_study.pruner)
-        trial = fixed.ask()
-        for key, value in {"slot": slot, "batch_start": self.batch_start(slot),
-                           "worker": self.worker}.items():
+            copy = self._copy(earlier, optuna.samplers.PartialFixedSampler(
+                values, make_sampler(self.study, seed=seed)))
+            fixed = optuna.load_study(
+                study_name=self.optuna_study.study_name, storage=self.storage,
+                sampler=optuna.samplers.PartialFixedSampler(
+                    values, optuna.samplers.RandomSampler(seed=seed)),
+                pruner=self.optuna_study.pruner)
+        self.study.space.suggest_optuna(copy.ask())
+        for key, value in copy.get_trials(deepcopy=False)[-1].system_attrs.items():
+            self.storage.set_trial_system_attr(ident, key, value)
+        fixed.get_trials(deepcopy=False)  # Optuna caches RDB trials per study: sync it
+        trial = optuna.trial.Trial(fixed, ident)
+        for key, value in {"worker": self.worker, "host": socket.gethostname(),
+                           "pid": os.getpid()}.items():
             trial.set_user_attr(key, value)
-        self.study.space.suggest_optuna(trial)  # stores the fixed parameters
+        self.study.space.suggest_optuna(trial)  # stores the parameters (a retry has them)
         return fixed, trial, values
 
-    def _run_one(self, slot: int, earlier: list) -> None:
+    def ask(self, slot: int, earlier: list) -> tuple[optuna.Study, optuna.Trial, dict]:
+        """Queue, claim and fix ``slot``'s trial in this process; (study, trial, values)."""
+        self.enqueue(slot)
+        number, ident, _ = claim(self.optuna_study, self.storage)
+        return self.fixed_trial(number, ident, slot, earlier)
+
+    def _run_claimed(self, number: int, ident: int, slot: int) -> None:
+        held = holders(self.optuna_study)
+        earlier = [held[s] for s in range(self.batch_start(slot))]  # all finished
+        with heartbeat(self.optuna_study, self.storage, number,
+                       interval=self.study.settings.heartbeat_interval):
+            fixed, trial, values = self.fixed_trial(number, ident, slot, earlier)
+            self._run_one(slot, fixed, trial, values, earlier)
+
+    def _run_one(self, slot: int, fixed: optuna.Study, trial: optuna.Trial,
+                 values: dict[str, Any], earlier: list) -> None:
         from optuna.trial import TrialState
 
-        fixed, trial, values = self.ask(slot, earlier)
         outcome, attrs = run_budgeted_trial(
             self.study, values, name=f"trial{trial.number:04d}", slot=slot,
-            spent=[t.user_attrs for t in earlier], report=self._reporter(trial))
+            spent=[t.user_attrs for t in earlier], report=self._reporter(trial),
+            reserved_client_rounds=self._reserved(slot, earlier))
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         settings = self.study.settings
         if settings.epsilon_max:  # feasible iff ε <= epsilon_max (TPE, GP, NSGA-II use it)
             trial.set_constraint("epsilon", min(outcome.epsilon, 1e12) - settings.epsilon_max)
-        end = min(self.batch_start(slot) + self.workers, target_trials(self.study, fixed))
-        self._wait(lambda: self._asked(self.batch_start(slot), end))  # then tell
         if outcome.status == "failed":
             fixed.tell(trial, state=TrialState.FAIL)
         elif outcome.status == "pruned":
@@ -316,47 +358,3 @@ class OptunaSearch:
 def _short(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                      for k, v in values.items())
-
-
-def run_worker(study_path: str, overrides: dict[str, Any], worker: int) -> None:
-    """Entry point of an extra worker process (``study.workers > 1``)."""
-    from search.config import Study
-
-    parent = os.getppid()
-    study = Study(study_path, overrides)
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    storage = make_storage(study)
-    optuna_study = open_study(study, create=False, storage=storage,
-                              sampler=make_sampler(study), pruner=make_pruner(study))
-    OptunaSearch(study, optuna_study, storage, worker=worker,
-                 peers_alive=lambda: os.getppid() == parent).run()
-
-
-def run_optuna(study: Study, *, resume: bool, study_path: Path,
-               overrides: dict[str, Any]) -> tuple[optuna.Study, str]:
-    """Create or resume the study and run it with ``study.workers`` processes."""
-    import multiprocessing
-
-    storage = prepare_storage(study, resume=resume)
-    optuna_study = open_study(study, create=not resume, storage=storage,
-                              sampler=make_sampler(study), pruner=make_pruner(study))
-    if resume:
-        recovered = recover_interrupted(optuna_study)
-        if recovered:
-            print(f"resume: trials {recovered} were interrupted; their slots run again")
-    context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=run_worker, args=(str(study_path), overrides, w))
-                 for w in range(1, study.settings.workers)]
-    for process in processes:
-        process.start()
-    search = OptunaSearch(study, optuna_study, storage,
-                          peers_alive=lambda: not any(p.exitcode for p in processes))
-    try:
-        search.run()
-    finally:
-        for process in processes:
-            process.join()
-    failed = [p.exitcode for p in processes if p.exitcode]
-    if failed:
-        raise RuntimeError(f"{len(failed)} worker process(es) failed (exit codes {failed})")
-    return optuna_study, search.stop_reason

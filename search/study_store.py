@@ -16,7 +16,12 @@ the study keeps these user attributes:
     noise: drawn from the CSPRNG, so the hyperparameters a trial draws are as secret as
     its noise (the study seed is in the published command).
 ``interrupted_trials``
-    Trials a killed process left RUNNING, told FAIL on ``--resume`` (not counted).
+    Trials a killed process left RUNNING, told FAIL on ``--resume`` or by a surviving
+    worker once their heartbeat stopped (:mod:`search.claims`); not counted.
+
+Every storage has a heartbeat: RDB storages (SQLite, PostgreSQL, ...) Optuna's own
+(``heartbeat_interval``, ``grace_period``, a stale-trial callback that re-queues the
+trial), the journal file a trial user attribute (:mod:`search.claims`).
 """
 
 from __future__ import annotations
@@ -104,6 +109,9 @@ def prepare_storage(study: Study, *, resume: bool):
 
 
 def make_storage(study: Study):
+    """The study's storage; an RDB storage with Optuna's heartbeat and stale-trial retry."""
+    import warnings
+
     import optuna
 
     url = storage_url(study)
@@ -112,7 +120,12 @@ def make_storage(study: Study):
 
         return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    interval = study.settings.heartbeat_interval
+    with warnings.catch_warnings():  # the heartbeat arguments are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=kwargs, heartbeat_interval=interval,
+            grace_period=2 * interval, heartbeat_stale_trial_callback=on_stale_trial)
 
 
 def open_study(study: Study, *, create: bool, storage=None, sampler=None,
@@ -187,8 +200,27 @@ def target_trials(study: Study, optuna_study: optuna.Study) -> int:
 
 
 def interrupted_trials(optuna_study: optuna.Study) -> set[int]:
-    """Numbers of the trials a killed process left RUNNING (marked FAIL on resume)."""
-    return {int(n) for n in optuna_study.user_attrs.get(INTERRUPTED_TRIALS, [])}
+    """Numbers of the trials that hold no slot: killed, retried or claimed twice.
+
+    Those recorded in the study attribute (``--resume``, stale heartbeats), those a retry
+    names in its history (the record a concurrent update of the attribute may drop), and
+    FAIL trials without an outcome (a worker told FAIL a claim it lost, or a trial of a
+    killed worker before its retry was queued).
+    """
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+    from optuna.trial import TrialState
+
+    numbers = {int(n) for n in optuna_study.user_attrs.get(INTERRUPTED_TRIALS, [])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        for trial in optuna_study.get_trials(deepcopy=False):
+            numbers.update(Retry.retry_history(trial))
+            if trial.state == TrialState.FAIL and "stop_reason" not in trial.user_attrs:
+                numbers.add(trial.number)
+    return numbers
 
 
 def finished_trials(optuna_study: optuna.Study) -> list:
@@ -199,3 +231,21 @@ def finished_trials(optuna_study: optuna.Study) -> list:
     interrupted = interrupted_trials(optuna_study)
     return [t for t in optuna_study.get_trials(deepcopy=False, states=done)
             if t.number not in interrupted]
+
+
+def on_stale_trial(optuna_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Record a trial whose heartbeat stopped as interrupted and queue it again.
+
+    The study attribute is read, extended and written back, so two workers recording
+    two different stale trials at the same instant may drop one; the retry's own
+    ``retry_history`` still names it (:func:`~search.study_store.interrupted_trials`).
+    """
+    import warnings
+
+    import optuna
+
+    optuna_study.set_user_attr(INTERRUPTED_TRIALS,
+                               sorted(interrupted_trials(optuna_study) | {trial.number}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback()(optuna_study, trial)

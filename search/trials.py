@@ -69,13 +69,15 @@ def run_budgeted_trial(study: Study, values: dict[str, Any], *, name: str, slot:
                        spent: Iterable[dict[str, Any]], rounds: int | None = None,
                        report: Callable[[int, float], None] | None = None,
                        stop_after: int | None = None, continue_run: Path | None = None,
-                       earlier: TrialOutcome | None = None,
+                       earlier: TrialOutcome | None = None, reserved_client_rounds: int = 0,
                        ) -> tuple[TrialOutcome, dict[str, Any]]:
     """Run one trial under the study's budget; return its outcome and user attributes.
 
     ``spent`` holds the user attributes of the finished trials whose ledgers count;
-    ``stop_after``, ``continue_run`` and ``earlier`` go to
-    :func:`~search.objective.run_trial` (Hyperband rungs; no privacy budget then).
+    ``reserved_client_rounds`` is kept for trials running beside this one (lower slots
+    of its batch, :func:`trial_cost_bound` each); ``stop_after``, ``continue_run`` and
+    ``earlier`` go to :func:`~search.objective.run_trial` (Hyperband rungs; no privacy
+    budget then).
     """
     evaluation = evaluation_for(study, slot)
     spent = list(spent)
@@ -87,7 +89,8 @@ def run_budgeted_trial(study: Study, values: dict[str, Any], *, name: str, slot:
         outcome = _run_within_budget(study, cfg, evaluation, spent, report,
                                      stop_after=stop_after, continue_run=continue_run,
                                      earlier=earlier,
-                                     client_round_limit=client_rounds_left(study, spent))
+                                     client_round_limit=client_rounds_left(
+                                         study, spent, reserved=reserved_client_rounds))
     attrs = outcome.attributes()
     if continue_run is not None and outcome.run_dir:
         attrs["continued_run"] = str(earlier.run_dir)
@@ -127,29 +130,45 @@ def _run_within_budget(study: Study, cfg: Config, evaluation: Evaluation,
     return run_trial(cfg, report=report, prior_ledger=prior, evaluation=evaluation, **rungs)
 
 
-def client_rounds_left(study: Study, spent: Iterable[dict[str, Any]]) -> float | None:
-    """The study's client-round budget minus what ``spent`` trials used (None: no budget)."""
+def client_rounds_left(study: Study, spent: Iterable[dict[str, Any]], *,
+                       reserved: int = 0) -> float | None:
+    """The study's client-round budget minus what ``spent`` trials used and ``reserved``.
+
+    ``None``: the study has no client-round budget.
+    """
     budget = study.settings.client_round_budget
     if not budget:
         return None
-    return budget - sum(attrs.get("client_rounds", 0) for attrs in spent)
+    return budget - reserved - sum(attrs.get("client_rounds", 0) for attrs in spent)
 
 
-def client_budget_spent(study: Study, spent: Iterable[dict[str, Any]]) -> bool:
-    """Too little budget left for one more round of any trial (so no trial overruns it).
+def worst_round_cost(study: Study) -> int:
+    """Most client-rounds one round of any trial of ``study`` can take.
 
     The worst round trains every client (``fraction_train`` may be searched up to 1, and
     a Poisson sample may hold everyone) and evaluates the study's fraction (every client
     if the space searches ``federation.fraction_evaluate``).
     """
-    left = client_rounds_left(study, spent)
-    if left is None:
-        return False
     searched = any(p.key == "federation.fraction_evaluate" for p in study.space.params)
     fraction = study.settings.eval_fraction or (
         1.0 if searched else study.base.federation.fraction_evaluate)
-    return left < round_cost_bound(study.base, every_client_trains=True,
-                                   evaluate_fraction=fraction)
+    return round_cost_bound(study.base, every_client_trains=True, evaluate_fraction=fraction)
+
+
+def trial_cost_bound(study: Study, values: dict[str, Any]) -> int:
+    """Most client-rounds the trial with parameters ``values`` can take (0: invalid)."""
+    try:
+        cfg = study.trial_config(values)
+    except ConfigError:
+        return 0  # the trial fails before its first round
+    return cfg.rounds * round_cost_bound(cfg)
+
+
+def client_budget_spent(study: Study, spent: Iterable[dict[str, Any]], *,
+                        reserved: int = 0) -> bool:
+    """Too little budget left for one more round of any trial (so no trial overruns it)."""
+    left = client_rounds_left(study, spent, reserved=reserved)
+    return left is not None and left < worst_round_cost(study)
 
 
 def is_budget_stop(attrs: dict[str, Any]) -> bool:
