@@ -32,6 +32,12 @@ CASES = {
     "torch_client_dp": {"framework": "torch", "privacy.client.mode": "server_fixed",
                         "privacy.client.noise_multiplier": 0.1,
                         "privacy.client.clipping_norm": 5.0, "privacy.noise": "seeded"},
+    "mixed": {"framework": "mixed"},
+    "torch_heterogeneous": {"framework": "torch", "heterogeneity.local_steps": {
+        "dist": "lognormal", "median": 4.0, "sigma": 0.7, "min": 1, "max": 12,
+        "per_round": True}},
+    "torch_attack": {"framework": "torch", "attack.fraction": 0.25, "attack.kind": "sign_flip",
+                     "attack.scale": 2.0},
 }
 
 
