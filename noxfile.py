@@ -121,6 +121,20 @@ def crosscheck(session: nox.Session) -> None:
 
 
 @nox.session
+def deploy(session: nox.Session) -> None:
+    """A config on a local Flower Deployment Engine: `nox -s deploy -- CONFIG [--set k=v]`.
+
+    Starts a SuperLink and one SuperNode per client on 127.0.0.1, runs the config under
+    `flwr run` (results directory as on inline), stops every process it started.
+    `--set deployment.tls=true` runs it over TLS with certificates made for the run.
+    """
+    if not session.posargs:
+        session.error("usage: nox -s deploy -- CONFIG [--set key=value ...]")
+    config, *rest = session.posargs
+    _run(session, "fedsandbox", "run", config, "--set", "backend=deployment", *rest)
+
+
+@nox.session
 def run(session: nox.Session) -> None:
     """Any CLI command in the shared environment: `nox -s run -- run configs/x.toml`."""
     _run(session, "fedsandbox", *session.posargs)

@@ -78,6 +78,17 @@ CASES = {
                         ["model.max_memory_gb", "parameters"]),
     "too many cpus for ray": (run_args("backend=ray", "ray.num_cpus_per_client=4096"),
                               ["ray.num_cpus_per_client"]),
+    "too many gpus for local ray": (run_args("backend=ray", "ray.num_gpus_per_client=4096"),
+                                    ["ray.num_gpus_per_client", "ray.address"]),
+    "ray address not host:port": (run_args("backend=ray", "ray.address=localhost"),
+                                  ["ray.address", "host:port"]),
+    "root certificates of a local deployment": (
+        run_args("backend=deployment", "deployment.root_certificates=ca.pem"),
+        ["deployment.root_certificates", "deployment.tls"]),
+    "missing deployment CA file": (
+        run_args("backend=deployment", "deployment.superlink=127.0.0.1:9093",
+                 "deployment.root_certificates={inp}/nope.pem"),
+        ["deployment.root_certificates", "nope.pem", "no such file"]),
     "unreachable target epsilon": (run_args("privacy.sample.enabled=true",
                                             "privacy.sample.target_epsilon=0.001"),
                                    ["privacy.sample.target_epsilon"]),

@@ -234,6 +234,14 @@ class RayConfig(_Section):
     #: head started with ``ray start --head``); empty: start a local Ray for this run
     address: str = ""
 
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, address: str) -> str:
+        if address and not re.fullmatch(r"(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}", address):
+            raise ValueError(f"ray.address={address!r} is not host:port or ray://host:port "
+                             "(empty: a local Ray for the run)")
+        return address
+
 
 class DeploymentConfig(_Section):
     """Flower's Deployment Engine (``backend = "deployment"``): SuperLink + SuperNodes."""
@@ -245,6 +253,15 @@ class DeploymentConfig(_Section):
     #: CA certificate file given in ``root_certificates`` (existing ones)
     tls: bool = False
     root_certificates: str = ""
+
+    @model_validator(mode="after")
+    def _check_certificates(self) -> DeploymentConfig:
+        if self.root_certificates and not self.superlink:
+            raise ValueError(
+                "deployment.root_certificates is for an existing deployment "
+                "(deployment.superlink); a local one makes its own CA: set "
+                "deployment.tls = true instead")
+        return self
 
 
 class MixedConfig(_Section):
@@ -287,12 +304,38 @@ class HeterogeneityConfig(_Section):
     #: partition; replaces ``train.local_steps`` / ``train.local_epochs``. None: off
     local_steps: list[int] | StepsDistribution | None = None
 
+    @field_validator("local_steps", mode="before")
+    @classmethod
+    def _list_or_table(cls, value):
+        """One error message for the form given (a union reports both forms' errors)."""
+        if isinstance(value, dict):
+            try:
+                return StepsDistribution.model_validate(value)
+            except ValidationError as exc:
+                raise ValueError("; ".join(_steps_table_error(e) for e in exc.errors())
+                                 ) from None
+        if value is not None and not isinstance(value, list | StepsDistribution):
+            raise ValueError(
+                f"heterogeneity.local_steps = {value!r}: allowed: a list of steps per "
+                "partition, or a table {dist = 'lognormal' | 'uniform', median, sigma, "
+                "min, max, per_round}")
+        return value
+
     @field_validator("local_steps")
     @classmethod
     def _positive(cls, value):
         if isinstance(value, list) and any(steps < 1 for steps in value):
             raise ValueError(f"heterogeneity.local_steps entries must be >= 1, got {value}")
         return value
+
+
+def _steps_table_error(err: dict[str, Any]) -> str:
+    key = ".".join(["heterogeneity.local_steps", *(str(part) for part in err["loc"])])
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key; allowed keys: {', '.join(StepsDistribution.model_fields)}"
+    if err["type"] == "value_error":
+        return err["msg"].removeprefix("Value error, ")
+    return f"{key}: {err['msg']} (got {err.get('input')!r})"
 
 
 AttackKind = Literal["label_flip", "sign_flip", "gaussian", "scale"]

@@ -149,13 +149,26 @@ def _check_model_memory(cfg: Config, spec: ModelSpec) -> None:
 
 
 def _check_resources(cfg: Config) -> None:
-    """Ray would wait forever for a client slot larger than the machine."""
-    cpus = os.cpu_count() or 1
-    if cfg.backend == "ray" and cfg.ray.num_cpus_per_client > cpus:
-        raise ConfigError(
-            f"ray.num_cpus_per_client={cfg.ray.num_cpus_per_client:g} exceeds the {cpus} "
-            f"CPU(s) of this machine: no client could ever be scheduled; allowed: "
-            f"0 < x <= {cpus}")
+    """Ray would wait forever for a client slot larger than the machine (a Ray started for
+    the run; a cluster's resources, ``ray.address``, are the cluster's); a deployment's CA
+    file must exist."""
+    if cfg.backend == "ray" and not cfg.ray.address:
+        from sandbox.engine.runtime.ray_backend import local_gpus
+
+        cpus, gpus = os.cpu_count() or 1, local_gpus()
+        for key, wanted, have, unit in (("num_cpus_per_client", cfg.ray.num_cpus_per_client,
+                                         cpus, "CPU"),
+                                        ("num_gpus_per_client", cfg.ray.num_gpus_per_client,
+                                         gpus, "GPU")):
+            if wanted > have:
+                raise ConfigError(
+                    f"ray.{key}={wanted:g} exceeds the {have} {unit}(s) of this machine: no "
+                    f"client could ever be scheduled; allowed: 0 <= x <= {have} (or a "
+                    "cluster with ray.address)")
+    certificates = cfg.deployment.root_certificates
+    if cfg.backend == "deployment" and certificates and not Path(certificates).is_file():
+        raise ConfigError(f"deployment.root_certificates = '{certificates}': no such file "
+                          "(the PEM CA certificate of the SuperLink)")
 
 
 def _check_client_sizes(cfg: Config, data: FederatedData) -> None:

@@ -1,5 +1,13 @@
 """The ``ray`` backend: Flower's own ``run_simulation`` over the same ServerApp/ClientApp.
 
+On a Ray started for the run, or on an existing cluster (``ray.address``, e.g. the
+``host:port`` of ``ray start --head``); ``ray.num_cpus_per_client`` and
+``ray.num_gpus_per_client`` are each client actor's share of it. ``run_simulation`` is
+deprecated in Flower 1.42 in favour of ``flwr run`` against a simulation federation;
+that path runs the ServerApp in Flower's own process, where round callbacks (pruning)
+and a prior ledger cannot reach it, so this backend keeps ``run_simulation`` (see
+docs/deployment.md).
+
 Flower's Ray transport imports TensorFlow whenever it is installed (to offer GPU memory
 growth). A torch run hides TensorFlow from that import, in this process and, through a
 Ray worker set-up hook, in every actor process, so torch runs stay TensorFlow-free and
@@ -9,6 +17,7 @@ actors start seconds faster.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import sys
@@ -66,23 +75,31 @@ def _quiet_stop_signals() -> Iterator[None]:
 
 
 def run_ray(server_app: ServerApp, client_app: ClientApp, cfg: Config) -> None:
+    """Run the apps under Flower's Ray simulation: on a Ray started for this run, or on
+    the existing cluster at ``ray.address`` (``ray start --head``), which is left running.
+
+    Each client actor takes ``ray.num_cpus_per_client`` CPUs and
+    ``ray.num_gpus_per_client`` GPUs of the cluster.
+    """
     import ray
 
     hide_tf = cfg.framework == "torch"
     with _tensorflow_hidden(hide_tf):
         from flwr.simulation import run_simulation
-    # Ray is started here rather than by Flower so that actors get our set-up hook;
-    # Flower reuses an initialised Ray.
-    ray.init(
-        num_cpus=os.cpu_count() or 1,
-        logging_level=logging.ERROR,
-        include_dashboard=False,
-        runtime_env={
-            "env_vars": {_HIDE_TF_ENV: "1" if hide_tf else "0",
-                         "PYTHONPATH": os.pathsep.join(sys.path)},
-            "worker_process_setup_hook": f"{__name__}.worker_setup",
-        },
-    )
+    # Ray is started (or joined) here rather than by Flower so that actors get our set-up
+    # hook; Flower reuses an initialised Ray.
+    runtime_env = {
+        "env_vars": {_HIDE_TF_ENV: "1" if hide_tf else "0",
+                     "PYTHONPATH": os.pathsep.join(sys.path)},
+        "worker_process_setup_hook": f"{__name__}.worker_setup",
+    }
+    if cfg.ray.address:  # the cluster's resources are its own
+        ray.init(address=cfg.ray.address, logging_level=logging.ERROR,
+                 runtime_env=runtime_env)
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, num_gpus=local_gpus(),
+                 logging_level=logging.ERROR, include_dashboard=False,
+                 runtime_env=runtime_env)
     try:
         with _quiet_stop_signals():
             run_simulation(
@@ -90,7 +107,16 @@ def run_ray(server_app: ServerApp, client_app: ClientApp, cfg: Config) -> None:
                 client_app=client_app,
                 num_supernodes=cfg.data.num_clients,
                 backend_config={"client_resources": {
-                    "num_cpus": cfg.ray.num_cpus_per_client, "num_gpus": 0.0}},
+                    "num_cpus": cfg.ray.num_cpus_per_client,
+                    "num_gpus": cfg.ray.num_gpus_per_client}},
             )
     finally:
-        ray.shutdown()
+        ray.shutdown()  # on a cluster: this driver disconnects, the cluster stays
+
+
+def local_gpus() -> int:
+    """NVIDIA GPUs this process may use (``CUDA_VISIBLE_DEVICES``, else ``/dev/nvidiaN``)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len(glob.glob("/dev/nvidia[0-9]*"))

@@ -1,0 +1,137 @@
+"""backend = "deployment": the config under `flwr run` on a local SuperLink + SuperNodes.
+
+Each ClientApp message runs in a fresh `flwr-clientapp` process on Flower's Deployment
+Engine (seconds per message here), so the federations below are tiny: 2-3 clients, 2-3
+rounds, MLP on digits.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sandbox import load_config
+from sandbox.core.errors import ConfigError, SandboxError
+from tests.conftest import ROOT, small_overrides
+from tests.test_runtime import assert_same_history
+
+APP_FLWR = ROOT / ".flwr"
+
+
+def flower_processes(home: Path = APP_FLWR) -> list[int]:
+    """Live processes whose FLWR_HOME is under ``home`` (the repo's .flwr/: what runs start)."""
+    marker = f"FLWR_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes():
+                stat = (entry / "stat").read_text()
+                if stat.rsplit(")", 1)[1].split()[0] != "Z":
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def deployment_config(tmp_path, **extra):
+    overrides = small_overrides(tmp_path, **{"data.num_clients": 2, "rounds": 2,
+                                             "backend": "deployment", **extra})
+    return load_config(ROOT / "configs" / "quickstart.toml", overrides)
+
+
+def test_run_config_gives_the_config_by_path_or_text(tmp_path):
+    from sandbox.engine.flower_app import config_from_run_config
+
+    by_path = config_from_run_config({"config": "configs/quickstart.toml",
+                                      "set": "rounds=3; data.alpha=0.1"})
+    assert (by_path.rounds, by_path.data.alpha, by_path.name) == (3, 0.1, "quickstart")
+    cfg = deployment_config(tmp_path)
+    by_text = config_from_run_config({"config": cfg.to_toml(), "run-dir": ""})
+    assert by_text.config_hash() == cfg.config_hash()
+    with pytest.raises(ConfigError, match="no 'config' key"):
+        config_from_run_config({"set": ""})
+    with pytest.raises(ConfigError, match="rounds"):
+        config_from_run_config({"config": "configs/quickstart.toml", "set": "rounds=0"})
+
+
+def test_deployment_over_tls_matches_inline(tmp_path):
+    """Same config and seed: the deployment's rows equal inline's bit for bit, and the
+    run directory has the same files; nothing the run started is left running."""
+    import sandbox
+
+    cfg = deployment_config(tmp_path, **{"deployment.tls": True,
+                                         "federation.fraction_evaluate": 0.5})
+    deployed = sandbox.run(cfg)
+    assert flower_processes() == []
+    inline = sandbox.run(cfg.model_copy(update={"backend": "inline"}))
+    assert_same_history(inline.rounds, deployed.rounds, atol=0)
+    assert deployed.final["central_test_accuracy"] == inline.final["central_test_accuracy"]
+    files = {p.name for p in inline.run_dir.iterdir()}
+    assert {p.name for p in deployed.run_dir.iterdir()} == files
+    assert (deployed.run_dir / "participation.json").read_text() == (
+        inline.run_dir / "participation.json").read_text()
+    assert not list(APP_FLWR.glob("run-*")), "the run's FLWR_HOME was not removed"
+
+
+def _kill_after_first_train(local, partition_id: int, killed: threading.Event) -> None:
+    """Stop the SuperNode of ``partition_id`` once it has sent its first training reply."""
+    from sandbox.engine.runtime.superlink import stop_tree
+
+    log = local.log_dir / f"supernode-{partition_id}.log"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if log.is_file() and "Sending: train message" in log.read_text(errors="replace"):
+            stop_tree(local.supernodes[partition_id])
+            killed.set()
+            return
+        time.sleep(0.2)
+
+
+def test_killed_supernode_is_a_counted_failure_and_the_run_finishes(tmp_path):
+    """A SuperNode killed after round 1: rounds 2-3 finish with the other two clients and
+    count its failure, as on the other backends (here on an existing deployment reached
+    through deployment.superlink)."""
+    import sandbox
+    from sandbox.engine.runtime.superlink import LocalDeployment
+
+    killed = threading.Event()
+    with LocalDeployment(3, home=tmp_path / "flwr-home", log_dir=tmp_path / "logs") as local:
+        cfg = deployment_config(tmp_path, **{
+            "data.num_clients": 3, "rounds": 3, "federation.fraction_evaluate": 0.0,
+            "runtime.client_timeout_s": 60.0, "deployment.superlink": local.address})
+        watcher = threading.Thread(target=_kill_after_first_train, args=(local, 2, killed))
+        watcher.start()
+        result = sandbox.run(cfg)
+        watcher.join()
+    assert killed.is_set()
+    assert [r["train_failures"] for r in result.rounds] == [None, 0, 1, 1]
+    for row in result.rounds[2:]:
+        assert list(row["failures"]["train"]) == ["2"]
+        assert row["train_partitions"] == [0, 1]
+    assert result.final["central_val_accuracy"] > 0.5
+    assert flower_processes() == flower_processes(tmp_path / "flwr-home") == []
+
+
+def test_resume_is_refused_on_deployment_with_a_reason(tmp_path):
+    from sandbox.engine.api import resume
+
+    run_dir = tmp_path / "x.partial"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text(deployment_config(tmp_path).to_toml())
+    with pytest.raises(SandboxError, match="backend 'deployment'"):
+        resume(run_dir)
+
+
+def test_round_callbacks_are_refused_on_deployment_before_anything_is_written(tmp_path):
+    import sandbox
+
+    cfg = deployment_config(tmp_path)
+    with pytest.raises(SandboxError, match="round callbacks"):
+        sandbox.run(cfg, callbacks=[lambda r, row: None])
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
