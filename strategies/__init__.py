@@ -2,8 +2,8 @@
 
 Every strategy registers with the argument schema and traits the rest of the system
 needs (:mod:`strategies.registry`); Flower's stock strategies are registered in
-:mod:`strategies.stock`. Importing this package does not import Flower: building a
-strategy does.
+:mod:`strategies.stock`, our own (SCAFFOLD, FedNova) in :mod:`strategies.own`.
+Importing this package does not import Flower: building a strategy does.
 
 >>> import strategies
 >>> strategies.info("fedprox").args["proximal_mu"].default
@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from strategies import own as _own  # noqa: F401 - registers SCAFFOLD and FedNova
 from strategies import stock as _stock  # noqa: F401 - registers Flower's stock strategies
 from strategies.registry import (
     Arg,
     StrategyInfo,
     available,
     build_strategy,
+    check_experiment,
     check_strategy,
     info,
     mean_aggregating,
@@ -89,6 +91,7 @@ __all__ = [
     "accounted",
     "available",
     "build_strategy",
+    "check_experiment",
     "check_strategy",
     "info",
     "mean_aggregating",

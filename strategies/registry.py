@@ -10,7 +10,12 @@ the strategy or importing Flower:
   client-level DP noise calibrated to the mean is valid;
 * whether its client update works under **sample-level DP-SGD** (a proximal term, for
   one, would be clipped and noised together with the data gradients);
-* the **paper** it implements.
+* the **paper** it implements;
+* an optional **check** of the whole experiment config (numbers of clients against
+  its assumptions, optimizers it cannot normalize), run by the pre-flight;
+* whether its factory needs the experiment's **train** settings (``needs_train``);
+* whether it is expected to **learn** (beat chance) on a small benign federation in a
+  few rounds, which the conformance suite checks (``learns``).
 
 Opacus-style explicit registry: ``register(name, factory, ...)`` adds an entry,
 re-registering a name is an error.
@@ -27,10 +32,12 @@ from sandbox.core.errors import ConfigError
 if TYPE_CHECKING:
     from flwr.serverapp.strategy import Strategy
 
-    from sandbox.core.config import FederationConfig
+    from sandbox.core.config import Config, FederationConfig, TrainConfig
 
-#: ``factory(federation_cfg, num_clients, *, weighted_by_key) -> flwr Strategy``
+#: ``factory(federation_cfg, num_clients, *, weighted_by_key[, train]) -> flwr Strategy``
 StrategyFactory = Callable[..., "Strategy"]
+#: ``check(config)`` raises ConfigError naming the key, the value and what is allowed
+StrategyCheck = Callable[["Config"], None]
 
 _TYPE_NAMES = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
 
@@ -74,13 +81,18 @@ class StrategyInfo:
     mean_aggregating: bool
     paper: str = ""
     sample_dp: bool = True
+    check: StrategyCheck | None = field(default=None, repr=False)
+    needs_train: bool = False
+    learns: bool = True
 
 
 _REGISTRY: dict[str, StrategyInfo] = {}
 
 
 def register(name: str, factory: StrategyFactory, *, args: Mapping[str, Arg],
-             mean_aggregating: bool, paper: str = "", sample_dp: bool = True) -> StrategyInfo:
+             mean_aggregating: bool, paper: str = "", sample_dp: bool = True,
+             check: StrategyCheck | None = None, needs_train: bool = False,
+             learns: bool = True) -> StrategyInfo:
     """Add a strategy under ``name`` (lower-case); re-registering a name is an error.
 
     Parameters
@@ -100,6 +112,14 @@ def register(name: str, factory: StrategyFactory, *, args: Mapping[str, Arg],
         The algorithm's reference.
     sample_dp : bool
         False if the strategy's client update cannot run under sample-level DP-SGD.
+    check : callable, optional
+        ``check(config)``: the strategy's own pre-flight check of the experiment; raises
+        :class:`~sandbox.core.errors.ConfigError` naming key, value and what is allowed.
+    needs_train : bool
+        True if ``factory`` also takes ``train=`` (the experiment's ``TrainConfig``).
+    learns : bool
+        False if the strategy is not meant to beat chance on a small benign federation
+        within three rounds (the conformance suite then checks only that it runs).
     """
     if name in _REGISTRY:
         raise ValueError(f"strategy '{name}' is already registered")
@@ -109,7 +129,8 @@ def register(name: str, factory: StrategyFactory, *, args: Mapping[str, Arg],
         if not (arg.accepts(arg.default) and arg.in_range(arg.default)):
             raise ValueError(f"strategy '{name}': default {arg.default!r} of {key} is not "
                              f"a {arg.type.__name__} in {arg.interval or 'any range'}")
-    entry = StrategyInfo(name, factory, dict(args), mean_aggregating, paper, sample_dp)
+    entry = StrategyInfo(name, factory, dict(args), mean_aggregating, paper, sample_dp,
+                         check, needs_train, learns)
     _REGISTRY[name] = entry
     return entry
 
@@ -150,11 +171,27 @@ def check_strategy(cfg: FederationConfig) -> None:
                 f"a value in {arg.interval} (default {arg.default!r})")
 
 
+def check_experiment(cfg: Config) -> None:
+    """:func:`check_strategy` plus the strategy's own check of the whole config."""
+    check_strategy(cfg.federation)
+    entry = _REGISTRY[cfg.federation.strategy]
+    if entry.check is not None:
+        entry.check(cfg)
+
+
 def build_strategy(cfg: FederationConfig, num_clients: int, *,
-                   weighted_by_key: str) -> Strategy:
+                   weighted_by_key: str, train: TrainConfig | None = None) -> Strategy:
     """The Flower strategy ``cfg.strategy`` with ``cfg.strategy_args``.
 
-    ``weighted_by_key`` is the reply metric the strategy weights client updates by.
+    ``weighted_by_key`` is the reply metric the strategy weights client updates by;
+    ``train`` the experiment's training settings, which strategies registered with
+    ``needs_train`` require.
     """
     check_strategy(cfg)
-    return _REGISTRY[cfg.strategy].factory(cfg, num_clients, weighted_by_key=weighted_by_key)
+    entry = _REGISTRY[cfg.strategy]
+    if not entry.needs_train:
+        return entry.factory(cfg, num_clients, weighted_by_key=weighted_by_key)
+    if train is None:
+        raise ValueError(f"strategy '{entry.name}' needs the experiment's train settings "
+                         "(build_strategy(..., train=cfg.train))")
+    return entry.factory(cfg, num_clients, weighted_by_key=weighted_by_key, train=train)

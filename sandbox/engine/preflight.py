@@ -71,7 +71,7 @@ def validate_config(raw: dict[str, Any], *, source: str = "config") -> Config:
 
 def check_config(cfg: Config) -> None:
     """The checks that ask the strategy registry."""
-    strategies.check_strategy(cfg.federation)
+    strategies.check_experiment(cfg)  # arguments, and the strategy's own premises
     entry = strategies.info(cfg.federation.strategy)
     mode = cfg.privacy.client.mode
     if mode != "off" and not entry.mean_aggregating:

@@ -74,7 +74,7 @@ def build_accounted_strategy(cfg: Config, initial_arrays: ArrayRecord, *, source
     """Registry strategy, optional client-level DP wrapper, ledger/budget wrapper."""
     data = load_experiment_data(cfg)
     strategy = strategies.build_strategy(cfg.federation, cfg.data.num_clients,
-                                         weighted_by_key=weight_key(cfg))
+                                         weighted_by_key=weight_key(cfg), train=cfg.train)
     if cfg.privacy.client.mode != "off":
         strategy = strategies.wrap_client_dp(strategy, cfg)
     return strategies.accounted(strategy, cfg, sample_dp_plans(cfg, data),
