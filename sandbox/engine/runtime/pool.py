@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import os
 import socket
 import subprocess
@@ -39,6 +40,9 @@ from flwr.serverapp import ServerApp
 from sandbox.core.config import Config
 from sandbox.engine.runtime.inline import InlineGrid, run_grid
 
+#: what a worker sends once it has built a new run's ClientApp and data (clients' time
+#: limits start then)
+READY = "ready"
 #: chunks per worker and round: small enough to balance, large enough to amortize a trip
 CHUNKS_PER_WORKER = 4
 
@@ -52,12 +56,10 @@ def _serve(conn: Connection) -> None:
     """Worker process: build ClientApps on demand, answer each message with (reply, state)."""
     apps: dict[str, ClientApp] = {}
     while (job := conn.recv()) is not None:
-        cfg, run_id, calls = job
-        key = cfg.model_dump_json()
+        key, cfg, run_id, calls = job
         if key not in apps:
-            from clients import make_client_app
-
-            apps = {key: make_client_app(cfg)}  # one run at a time: drop older apps
+            apps = {key: _prepare(cfg)}  # one run at a time: drop older apps
+            conn.send(READY)
         for msg, node_id, node_config, state in calls:
             context = Context(run_id=run_id, node_id=node_id, node_config=node_config,
                               state=state, run_config={})
@@ -65,6 +67,19 @@ def _serve(conn: Connection) -> None:
                 conn.send((apps[key](msg, context), context.state, None))
             except BaseException as exc:  # noqa: BLE001 - re-raised by the grid
                 conn.send((None, None, _portable(exc)))
+
+
+def _prepare(cfg: Config) -> ClientApp:
+    """The run's ClientApp, with its data loaded and its framework imported (the work
+    of a process's first client, which is not that client's time)."""
+    from clients import framework_threads, get_evaluator, make_client_app
+    from sandbox.core import wire
+    from sandbox.core.experiment import load_experiment_data
+
+    load_experiment_data(cfg)
+    with framework_threads(cfg.framework, cfg.runtime.threads_per_client):
+        get_evaluator(cfg.framework, wire.model_spec_for(cfg), cfg.train)
+    return make_client_app(cfg)
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -96,6 +111,7 @@ class _Worker:
         self.conn = Connection(parent.detach())
         self.chunk: deque[str] = deque()  # message ids sent, not yet answered
         self.started = 0.0  # when the message at the head of ``chunk`` started
+        self.run_key = ""  # the config whose ClientApp the worker has built
 
     def stop(self, *, kill: bool = False) -> None:
         if kill:
@@ -169,6 +185,7 @@ class PoolGrid(InlineGrid):
                  states: dict[int, RecordDict] | None = None) -> None:
         super().__init__(None, cfg.data.num_clients, run_id=run_id, states=states)
         self._cfg, self._pool = cfg, pool
+        self._key = cfg.model_dump_json()
 
     def pull_messages(self, message_ids, *, timeout: float | None = None):
         """Run the pending messages in the pool; replies in message order.
@@ -208,28 +225,35 @@ class PoolGrid(InlineGrid):
             msg = self._pending[message_id]
             context = self._contexts[msg.metadata.dst_node_id]
             calls.append((msg, context.node_id, context.node_config, context.state))
-        worker.conn.send((self._cfg, self._run.run_id, calls))
+        worker.conn.send((self._key, self._cfg, self._run.run_id, calls))
         worker.chunk.extend(chunk)
-        worker.started = time.monotonic()
+        # A worker new to this config first builds its ClientApp (and may still be
+        # starting): no client's clock runs until it says READY.
+        worker.started = time.monotonic() if worker.run_key == self._key else math.inf
+        worker.run_key = self._key
 
     def _collect(self, answers: dict, todo: deque, timeout: float | None) -> None:
         busy = {w.conn: w for w in self._pool.workers if w.chunk}
-        wait_s = None if timeout is None else max(
-            0.0, min(w.started for w in busy.values()) + timeout - time.monotonic())
+        first = min(w.started for w in busy.values())
+        wait_s = None if timeout is None or first == math.inf else max(
+            0.0, first + timeout - time.monotonic())
         for conn in wait(list(busy), wait_s):
             worker = busy[conn]
             try:
-                reply, state, error = conn.recv()
+                answer = conn.recv()
             except EOFError:
                 raise RuntimeError(f"pool worker {worker.process.pid} died (exit code "
                                    f"{worker.process.poll()})") from None
+            worker.started = time.monotonic()
+            if answer == READY:
+                continue
+            reply, state, error = answer
             if error is not None:
                 raise error
             message_id = worker.chunk.popleft()
             msg = self._pending.pop(message_id)
             self._contexts[msg.metadata.dst_node_id].state = state
             answers[message_id] = reply
-            worker.started = time.monotonic()
         now = time.monotonic()
         for worker in list(busy.values()):
             if worker.chunk and timeout is not None and now - worker.started >= timeout:
