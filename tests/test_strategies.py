@@ -62,7 +62,7 @@ def test_register_rejects_duplicates_and_capitals():
 
 @pytest.mark.parametrize(("overrides", "needle"), [
     ({"federation.strategy": "fedfoo"},
-     "unknown federation.strategy 'fedfoo'; allowed: fedadagrad"),
+     "unknown federation.strategy 'fedfoo'; allowed: bulyan, fedadagrad"),
     ({"federation.strategy_args": {"eta": 0.1}},
      "strategy 'fedavg' does not take ['eta']; allowed: none"),
     ({"federation.strategy": "fedadam", "federation.strategy_args": {"eta": "fast"}},
@@ -77,6 +77,27 @@ def test_register_rejects_duplicates_and_capitals():
      "needs a value in [0, 1)"),
     ({"federation.strategy": "fedprox", "privacy.sample.enabled": True},
      "federation.strategy='fedprox' with privacy.sample.enabled is not supported"),
+    ({"federation.strategy": "qfedavg", "privacy.sample.enabled": True},
+     "federation.strategy='qfedavg' with privacy.sample.enabled is not supported"),
+    ({"federation.strategy": "krum", "federation.strategy_args": {"num_malicious_nodes": 1}},
+     "num_malicious_nodes = 1: strategy 'krum' needs n > 2f + 2 with n = 4 clients sampled "
+     "per round (data.num_clients × federation.fraction_train); allowed: "
+     "num_malicious_nodes <= 0"),
+    ({"federation.strategy": "bulyan", "data.num_clients": 6,
+      "federation.strategy_args": {"num_malicious_nodes": 1}},
+     "strategy 'bulyan' needs n >= 4f + 3 with n = 6"),
+    ({"federation.strategy": "bulyan", "data.num_clients": 4, "federation.fraction_train": 0.5},
+     "allowed: at least 3 clients per round"),
+    ({"federation.strategy": "multikrum", "federation.strategy_args": {"num_nodes_to_select": 5}},
+     "num_nodes_to_select = 5: strategy 'multikrum' averages at most n - f = 4"),
+    ({"federation.strategy": "scaffold", "train.optimizer": "adam", "train.momentum": 0.0},
+     "train.optimizer = 'adam' cannot be used with federation.strategy = 'scaffold'"),
+    ({"federation.strategy": "fednova", "train.optimizer": "adam", "train.momentum": 0.0},
+     "allowed: 'sgd'"),
+    ({"federation.strategy": "scaffold", "privacy.client.mode": "server_fixed"},
+     "federation.strategy 'scaffold' is not one"),
+    ({"federation.strategy": "krum", "attack.fraction": 0.25,
+      "privacy.client.mode": "server_fixed"}, "federation.strategy 'krum' is not one"),
 ])
 def test_registry_errors_name_key_and_allowed(tmp_path, overrides, needle):
     with pytest.raises(sandbox.ConfigError) as caught:
@@ -136,3 +157,27 @@ def test_fedavgm_uses_its_papers_server_momentum(small):
     cfg = small(**{"federation.strategy": "fedavgm",
                    "federation.strategy_args": {"server_momentum": 0.5}})
     assert build_accounted_strategy(cfg, ArrayRecord()).strategy.server_momentum == 0.5
+
+
+@pytest.mark.parametrize(("name", "clients", "largest"), [
+    ("krum", 5, 1), ("krum", 7, 2), ("multikrum", 7, 2), ("bulyan", 7, 1), ("bulyan", 11, 2)])
+def test_byzantine_rules_take_the_largest_f_their_premise_allows(small, name, clients, largest):
+    args = {"num_malicious_nodes": largest}
+    assert small(**{"federation.strategy": name, "data.num_clients": clients,
+                    "federation.strategy_args": args}).federation.strategy_args == args
+    with pytest.raises(sandbox.ConfigError, match=f"allowed: num_malicious_nodes <= {largest}"):
+        small(**{"federation.strategy": name, "data.num_clients": clients,
+                 "federation.strategy_args": {"num_malicious_nodes": largest + 1}})
+
+
+def test_a_factory_that_needs_train_settings_gets_them():
+    from sandbox.core import wire
+    from sandbox.core.config import FederationConfig, TrainConfig
+
+    fed = FederationConfig(strategy="qfedavg")
+    assert strategies.info("qfedavg").needs_train
+    built = strategies.build_strategy(fed, 4, weighted_by_key=wire.NUM_EXAMPLES,
+                                      train=TrainConfig(lr=0.2))
+    assert built.client_learning_rate == 0.2 and built.train_loss_key == wire.PRE_TRAIN_LOSS
+    with pytest.raises(ValueError, match="needs the experiment's train settings"):
+        strategies.build_strategy(fed, 4, weighted_by_key=wire.NUM_EXAMPLES)
