@@ -4,7 +4,15 @@ A node finds its data shard from ``context.node_config["partition-id"]`` and reb
 federation from the config (seeded, cached per process), so the app carries only the
 config and works unchanged in any process that Flower starts it in. Message contents
 follow the wire protocol (:mod:`sandbox.core.wire`). Per-node bookkeeping (rounds and
-steps trained, the DP accountant) lives in ``context.state`` and so persists across rounds.
+steps trained, the DP accountant, SCAFFOLD's control variate) lives in ``context.state``
+and so persists across rounds.
+
+What a node is follows from the config and its partition id alone
+(:mod:`sandbox.core.assignment`): its framework in a mixed federation, whether it is
+malicious (:mod:`clients.attacks`), its local steps under ``[heterogeneity]``. Every
+training reply reports the client's compute (steps, FedNova's normalized steps,
+examples) and what it is (Keras or torch, malicious or not), so the server side and the
+results need not recompute it.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def test_sampling_is_uniform_over_clients():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("framework", ["torch", "keras"])
+@pytest.mark.parametrize("framework", ["torch", "keras", "mixed"])
 def test_determinism_matrix(tmp_path, framework, threads):
     """Alone vs after other runs, inline vs Ray: the same clients and metrics.
 
@@ -87,7 +87,7 @@ def test_determinism_matrix(tmp_path, framework, threads):
         assert json.dumps(cell["rounds"]) == json.dumps(reference["rounds"]), name
     in_process = sandbox.load_config(ROOT / "configs" / "quickstart.toml",
                                      small_overrides(tmp_path / "d", **extra))
-    if framework == "keras" and threads != DEFAULT_THREADS:
+    if framework in ("keras", "mixed") and threads != DEFAULT_THREADS:
         # This process's TensorFlow runs with the default count (the other tests' runs),
         # which it cannot change: the run must refuse before writing anything.
         _tensorflow_started_with(DEFAULT_THREADS)

@@ -19,6 +19,10 @@ CASES = {
     "torch-dp": {"framework": "torch", "privacy.sample.enabled": True, "privacy.noise": "seeded",
                  "federation.strategy": "fedadam", "federation.fraction_train": 0.5},
     "keras": {"framework": "keras", "federation.strategy": "fedavgm"},
+    # seeded Keras clients, a seeded attacker's seeded noise, per-client local steps
+    "mixed-attack-heterogeneous": {"framework": "mixed", "attack.fraction": 0.25,
+                                   "attack.kind": "gaussian", "attack.noise_std": 0.01,
+                                   "heterogeneity.local_steps": [3, 1, 5, 2]},
 }
 
 

@@ -13,7 +13,7 @@ Messages
 ledger), :data:`TRAIN_LOSS` and, under DP-SGD, :data:`DP_EPSILON` /
 :data:`DP_NOISE_MULTIPLIER` from the node's own accountant.
 ``evaluate``: reply ``{"metrics"}`` with :data:`NUM_EXAMPLES`, :data:`EVAL_LOSS`,
-:data:`EVAL_ACCURACY` on the client's local test split. ``query.partition`` (once per
+:data:`EVAL_ACCURACY` on the client's local test split and its :data:`PARTITION_ID`. ``query.partition`` (once per
 run, before round 1): reply ``{"metrics"}`` with the node's :data:`PARTITION_ID`, so the
 server maps node ids to partition ids on every runtime.
 

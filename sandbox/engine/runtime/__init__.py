@@ -71,7 +71,15 @@ def reserve_threads(cfg: Config) -> None:
     ThreadsUnavailable
         This process's TensorFlow already runs with another count.
     """
-    if cfg.framework != "keras":
+    if cfg.framework == "torch":
+        return
+    if cfg.framework == "mixed":
+        # Only the Keras clients use TensorFlow (the server evaluates in torch); on inline
+        # they run in this process.
+        if cfg.backend == "inline":
+            from clients import tensorflow_threads
+
+            tensorflow_threads(cfg.runtime.threads_per_client)
         return
     # (Keras on inline with two different counts is refused by the config schema.)
     from clients import tensorflow_threads
