@@ -8,6 +8,7 @@ rounds, MLP on digits.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -62,11 +63,15 @@ def test_run_config_gives_the_config_by_path_or_text(tmp_path):
 
 def test_deployment_over_tls_matches_inline(tmp_path):
     """Same config and seed: the deployment's rows equal inline's bit for bit, and the
-    run directory has the same files; nothing the run started is left running."""
+    run directory has the same files; nothing the run started is left running. At 2
+    threads per client and server (the kill test below compares at 1): the SuperNodes'
+    ClientApp processes and the SuperExec's ServerApp take their counts from the config."""
     import sandbox
 
     cfg = deployment_config(tmp_path, **{"deployment.tls": True,
-                                         "federation.fraction_evaluate": 0.5})
+                                         "federation.fraction_evaluate": 0.5,
+                                         "runtime.threads_per_client": 2,
+                                         "runtime.server_threads": 2})
     deployed = sandbox.run(cfg)
     assert flower_processes() == []
     inline = sandbox.run(cfg.model_copy(update={"backend": "inline"}))
@@ -86,7 +91,8 @@ def _kill_after_first_train(local, partition_id: int, killed: threading.Event) -
     log = local.log_dir / f"supernode-{partition_id}.log"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        if log.is_file() and "Sending: train message" in log.read_text(errors="replace"):
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        if re.search(r"Sending: train message.*Sent successfully", text, re.DOTALL):
             stop_tree(local.supernodes[partition_id])
             killed.set()
             return
@@ -94,9 +100,10 @@ def _kill_after_first_train(local, partition_id: int, killed: threading.Event) -
 
 
 def test_killed_supernode_is_a_counted_failure_and_the_run_finishes(tmp_path):
-    """A SuperNode killed after round 1: rounds 2-3 finish with the other two clients and
-    count its failure, as on the other backends (here on an existing deployment reached
-    through deployment.superlink)."""
+    """A SuperNode killed after its round-1 reply: rounds 2-3 finish with the other two
+    clients and count its failure (the SuperLink's "Node Unavailable" error replies), as
+    on the other backends (here on an existing deployment reached through
+    deployment.superlink). Rounds 0-1 equal inline's at 1 thread, bit for bit."""
     import sandbox
     from sandbox.engine.runtime.superlink import LocalDeployment
 
@@ -104,7 +111,7 @@ def test_killed_supernode_is_a_counted_failure_and_the_run_finishes(tmp_path):
     with LocalDeployment(3, home=tmp_path / "flwr-home", log_dir=tmp_path / "logs") as local:
         cfg = deployment_config(tmp_path, **{
             "data.num_clients": 3, "rounds": 3, "federation.fraction_evaluate": 0.0,
-            "runtime.client_timeout_s": 60.0, "deployment.superlink": local.address})
+            "deployment.superlink": local.address})
         watcher = threading.Thread(target=_kill_after_first_train, args=(local, 2, killed))
         watcher.start()
         result = sandbox.run(cfg)
@@ -115,6 +122,8 @@ def test_killed_supernode_is_a_counted_failure_and_the_run_finishes(tmp_path):
         assert list(row["failures"]["train"]) == ["2"]
         assert row["train_partitions"] == [0, 1]
     assert result.final["central_val_accuracy"] > 0.5
+    inline = sandbox.run(cfg.model_copy(update={"backend": "inline", "rounds": 1}))
+    assert_same_history(inline.rounds, result.rounds[:2], atol=0)
     assert flower_processes() == flower_processes(tmp_path / "flwr-home") == []
 
 
@@ -135,3 +144,34 @@ def test_round_callbacks_are_refused_on_deployment_before_anything_is_written(tm
     with pytest.raises(SandboxError, match="round callbacks"):
         sandbox.run(cfg, callbacks=[lambda r, row: None])
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+def test_superlink_error_replies_are_attributed_to_the_node_asked():
+    """The SuperLink answers for a gone node with an error sent by itself (node id 1);
+    the server's grid re-issues it from the node, so it is counted as that node's."""
+    from flwr.app import ConfigRecord, Error, Message, RecordDict
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from sandbox.engine.flower_app import NodeAttributedGrid
+    from sandbox.engine.runtime.inline import InlineGrid
+
+    class GoneNodes(InlineGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            replies = []
+            for number, msg in enumerate(messages):
+                msg.metadata.__dict__["_message_id"] = f"m{number}"
+                stand_in = Message(RecordDict(), dst_node_id=SUPERLINK_NODE_ID,
+                                   message_type=msg.metadata.message_type)
+                stand_in.metadata.__dict__["_message_id"] = f"m{number}"
+                replies.append(Message(Error(5, "Node Unavailable"), reply_to=stand_in))
+            return replies
+
+    TaskIdentity.task_id, TaskIdentity.run_id = 1, 1
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    grid = NodeAttributedGrid(GoneNodes(client_app=None, num_nodes=2, run_id=1))
+    asked = [Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node,
+                     message_type="train") for node in (1000, 1001)]
+    replies = grid.send_and_receive(asked)
+    assert [r.metadata.src_node_id for r in replies] == [1000, 1001]
+    assert all(r.has_error() and r.error.reason == "Node Unavailable" for r in replies)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -96,6 +97,50 @@ def _delegate(msg: Message, context: Context) -> Message:
     return app(msg, context)
 
 
+class NodeAttributedGrid(Grid):
+    """``grid`` whose error replies always come from the node that was asked.
+
+    When a SuperNode is gone, the SuperLink answers for it with a "Node Unavailable"
+    error whose sender is the SuperLink itself (node id 1), not the node; the server's
+    failure records and partition-ordered aggregation look replies up by sender. Such a
+    reply is re-issued here as the same error from the message's destination node.
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+
+    def set_run(self, run) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self):
+        return self._grid.run
+
+    def create_message(self, content, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        replies = self._grid.send_and_receive(messages, timeout=timeout)
+        asked = {msg.metadata.message_id: msg for msg in messages}  # ids set by the push
+        nodes = {msg.metadata.dst_node_id for msg in messages}
+        return [Message(reply.error, reply_to=asked[reply.metadata.reply_to_message_id])
+                if reply.has_error() and reply.metadata.src_node_id not in nodes
+                and reply.metadata.reply_to_message_id in asked else reply
+                for reply in replies]
+
+
 serverapp = ServerApp()
 clientapp = ClientApp()
 
@@ -106,7 +151,7 @@ def _server_main(grid: Grid, context: Context) -> None:
 
     cfg = config_from_run_config(context.run_config)
     run_dir = str(context.run_config.get(RUN_DIR_KEY, ""))
-    run_on_grid(cfg, grid, run_dir=Path(run_dir) if run_dir else None)
+    run_on_grid(cfg, NodeAttributedGrid(grid), run_dir=Path(run_dir) if run_dir else None)
 
 
 @clientapp.train()
