@@ -6,6 +6,7 @@ import inspect
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import sandbox
@@ -181,3 +182,31 @@ def test_a_factory_that_needs_train_settings_gets_them():
     assert built.client_learning_rate == 0.2 and built.train_loss_key == wire.PRE_TRAIN_LOSS
     with pytest.raises(ValueError, match="needs the experiment's train settings"):
         strategies.build_strategy(fed, 4, weighted_by_key=wire.NUM_EXAMPLES)
+
+
+def test_scaffold_control_variates_move_and_are_checkpointed(small, monkeypatch):
+    """c changes every round, and each round's checkpoint file holds that round's c and the
+    clients' c_i (``fedsandbox run --resume``: tests/test_resume.py)."""
+    import pickle
+
+    from sandbox.engine import recorder
+
+    saved = []
+    original = recorder.save_checkpoint
+
+    def save_and_read_back(directory, checkpoint):
+        original(directory, checkpoint)
+        with (directory / "checkpoint.pkl").open("rb") as handle:
+            saved.append(pickle.load(handle))  # noqa: S301 - the test's own file
+
+    monkeypatch.setattr(recorder, "save_checkpoint", save_and_read_back)
+    sandbox.run(small(**{"federation.strategy": "scaffold", "federation.fraction_train": 0.5,
+                         "train.momentum": 0.0}))
+    controls = [ckpt.strategy.strategy.control for ckpt in saved]
+    assert [ckpt.server_round for ckpt in saved] == [0, 1, 2, 3][-len(saved):]
+    flat = [np.concatenate([c.ravel() for c in control]) for control in controls[-3:]]
+    assert all(np.abs(c).max() > 0 for c in flat)
+    assert not np.array_equal(flat[0], flat[1]) and not np.array_equal(flat[1], flat[2])
+    clients_with_c = [state for state in saved[-1].node_states.values()
+                      if "scaffold-control" in state]
+    assert len(clients_with_c) >= 2  # two clients sampled per round hold their c_i
