@@ -200,15 +200,17 @@ def test_scaffold_correction_shifts_a_step_by_lr_times_c_minus_ci(framework, pri
         np.testing.assert_array_equal(a, b)
 
 
-def _train_message(grid, partition_id: int, weights, control, server_round: int = 1):
+def _train_message(grid, partition_id: int, weights, control=None, server_round: int = 1,
+                   **config):
     from flwr.app import ConfigRecord, MessageType, RecordDict
 
     from sandbox.core import wire
     from sandbox.engine.runtime.inline import FIRST_NODE_ID
 
-    content = RecordDict({wire.ARRAYS: wire.to_record(weights),
-                          wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: server_round}),
-                          wire.SERVER_CONTROL: wire.to_record(control)})
+    content = RecordDict({wire.ARRAYS: wire.to_record(weights), wire.CONFIG: ConfigRecord(
+        {wire.SERVER_ROUND: server_round, **config})})
+    if control is not None:
+        content[wire.SERVER_CONTROL] = wire.to_record(control)
     (reply,) = grid.send_and_receive([grid.create_message(
         content, MessageType.TRAIN, FIRST_NODE_ID + partition_id, "")])
     assert not reply.has_error(), reply.error.reason
@@ -263,3 +265,48 @@ def _check_option_ii(grid, spec) -> None:
     for d in wire.record_to_arrays(spec, second.content[wire.CONTROL_DELTA]):
         np.testing.assert_allclose(d, 0.0, atol=1e-4)
     assert int(second.content[wire.METRICS][wire.LOCAL_STEPS]) == 1
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras", "mixed"])
+def test_a_train_reply_reports_compute_identity_and_the_pre_training_loss(framework, small):
+    """Every reply: examples, loss, steps (tau), FedNova's ||a||_1 for momentum 0.9,
+    examples processed, Keras or not, malicious or not, partition; q-FFL's pre-training
+    loss (of the received model on the training split) only when asked."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from clients import make_client_app
+    from clients.schedule import normalized_steps
+    from sandbox.core import wire
+    from sandbox.core.assignment import client_framework
+    from sandbox.core.experiment import load_experiment_data
+    from sandbox.engine.runtime.inline import InlineGrid
+
+    extra = {"train.batch_size": 8}
+    if framework == "mixed":
+        extra["mixed.keras_partitions"] = [1]
+    cfg = small(framework=framework, **extra)
+    spec = wire.model_spec_for(cfg)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    grid = InlineGrid(make_client_app(cfg), 4, run_id=1)
+    start = spec.init_weights(2)
+    try:
+        asked = _train_message(grid, 1, start, **{wire.REPORT_PRE_TRAIN_LOSS: True})
+        plain = _train_message(grid, 1, start)
+    finally:
+        if hasattr(grid, "close"):
+            grid.close()
+    data = load_experiment_data(cfg).clients[1]
+    n = len(data.y_train)
+    steps = cfg.train.local_epochs * -(-n // 8)
+    metrics = asked.content[wire.METRICS]
+    assert metrics[wire.NUM_EXAMPLES] == n and metrics[wire.PARTITION_ID] == 1
+    assert metrics[wire.LOCAL_STEPS] == steps and metrics[wire.LOCAL_EXAMPLES] == 2 * n
+    assert metrics[wire.NORMALIZED_STEPS] == pytest.approx(normalized_steps(cfg.train, steps))
+    assert metrics[wire.NORMALIZED_STEPS] > steps  # momentum 0.9 (the quickstart's)
+    assert metrics[wire.KERAS_CLIENT] == float(client_framework(cfg, 1) == "keras")
+    assert metrics[wire.MALICIOUS] == 0.0 and wire.TRAIN_LOSS in metrics
+    evaluator = get_trainer(client_framework(cfg, 1), spec, cfg.train)
+    evaluator.set_weights(start)
+    assert metrics[wire.PRE_TRAIN_LOSS] == pytest.approx(
+        evaluator.evaluate(data.x_train, data.y_train)[0], rel=1e-6)
+    assert wire.PRE_TRAIN_LOSS not in plain.content[wire.METRICS]
