@@ -27,6 +27,7 @@ from sandbox.core.errors import RunDiverged
 from sandbox.core.privacy import PrivacyLedger
 from sandbox.core.privacy.assumptions import epsilon_caveats
 from sandbox.core.results import (
+    FRAMEWORK_COLUMNS,
     METRIC_COLUMNS,
     PRIVACY_COLUMNS,
     BudgetStop,
@@ -215,9 +216,10 @@ class RunRecorder:
         """The finished run's record; writes the clients' metrics to TensorBoard, closes it."""
         rows = self._merged_rows()
         if self._tb:
+            scalars = [*CLIENT_COLUMNS, *(c for c in FRAMEWORK_COLUMNS if c in self._columns)]
             for row in rows[1:]:
                 self._tb.scalars(row["round"], {
-                    f"clients/{k}": row[k] for k in CLIENT_COLUMNS if row[k] is not None
+                    f"clients/{k}": row[k] for k in scalars if row[k] is not None
                 })
             self._tb.close()
         arrays = wire.record_to_arrays(spec, self.accounted.result.arrays)
