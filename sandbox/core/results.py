@@ -5,12 +5,16 @@ A finished run's directory (written by :mod:`sandbox.engine.rundir`)::
     config.toml            resolved config (re-runnable with `fedsandbox run`)
     run.json               name, config hash, seed, versions, wall time, stop reason,
                            final metrics, ε, whether it is an upper bound and why not
-                           (epsilon_upper_bound, epsilon_caveats), noise source
+                           (epsilon_upper_bound, epsilon_caveats), noise source;
+                           keras_partitions and evaluation_framework (mixed), attack
+                           (kind, malicious partitions)
     metrics.json / .csv    one row per round (round 0 = initial model), METRIC_COLUMNS:
                            central_val_* (server-held validation set), fed_val_*
                            (clients' validation splits), central_test_* (global test
                            set, reported only), train_loss, ε so far, client
-                           failures (counts and reasons by partition id);
+                           failures (counts and reasons by partition id); a mixed,
+                           heterogeneous or attacked federation adds FRAMEWORK_COLUMNS,
+                           COMPUTE_COLUMNS, ATTACK_COLUMNS;
                            deterministic: same config + seed -> the same bytes (with
                            DP only under privacy.noise = "seeded": the default draws
                            fresh noise and samples in every run)
