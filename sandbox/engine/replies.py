@@ -1,22 +1,17 @@
-"""The clients' replies of each round, one by one: per-framework metrics, compute, attacks.
+"""The row columns that need the clients' replies one by one: per framework, compute, attacks.
 
 Strategies aggregate the clients' metrics into one record per round; a mixed, a
 heterogeneous or an attacked federation also reports them per framework, per client
-(optimizer steps, examples) and by malice. :class:`ReplyTap` is a view of the run's
-``Grid`` that keeps the metrics of every valid train and evaluate reply as it passes
-to the strategy; the ServerApp takes them once per round (its rounds run train, then
-evaluate, then the centralized evaluation, one after another) and
-:func:`client_columns` turns them into the row's extra columns
-(:func:`sandbox.core.results.metric_columns`).
+(optimizer steps, examples) and by malice. The ServerApp's grid view
+(:class:`sandbox.engine.server.ReplyTap`) keeps the metrics of every valid train and
+evaluate reply of a round; :func:`client_columns` turns them into the row's columns
+beyond :data:`~sandbox.core.results.METRIC_COLUMNS` (:func:`metric_columns`). No
+Flower import: the recorder and run directories use this module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-
-from flwr.app import Message, MessageType, RecordDict
-from flwr.serverapp import Grid
 
 from sandbox.core import wire
 from sandbox.core.assignment import keras_partitions
@@ -28,57 +23,7 @@ from sandbox.core.results import (
 )
 
 if TYPE_CHECKING:
-    from flwr.supercore.run import Run
-
     from sandbox.core.config import Config
-
-_KEPT = (MessageType.TRAIN, MessageType.EVALUATE)
-
-
-class ReplyTap(Grid):
-    """``grid`` itself, keeping the metrics of valid train and evaluate replies."""
-
-    def __init__(self, grid: Grid) -> None:
-        self._grid = grid
-        self._kept: dict[str, list[dict[str, float]]] = {kind: [] for kind in _KEPT}
-
-    def take(self) -> dict[str, list[dict[str, float]]]:
-        """The metrics kept since the last call, by message type; forgets them."""
-        kept, self._kept = self._kept, {kind: [] for kind in _KEPT}
-        return kept
-
-    def _keep(self, replies: Iterable[Message]) -> list[Message]:
-        replies = list(replies)
-        for reply in replies:
-            kind = reply.metadata.message_type
-            if kind in self._kept and not reply.has_error():
-                self._kept[kind].append(dict(reply.content[wire.METRICS]))
-        return replies
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._keep(self._grid.pull_messages(message_ids))
-
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]:
-        return self._keep(self._grid.send_and_receive(messages, timeout=timeout))
-
 
 def metric_columns(cfg: Config) -> list[str]:
     """The columns of ``cfg``'s metric rows: :data:`METRIC_COLUMNS`, then the per-framework,

@@ -14,9 +14,18 @@ attacked federation also get the columns that need the clients' replies one by o
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, MetricRecord
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid, ServerApp
 
 import strategies
@@ -26,15 +35,71 @@ from sandbox.core.assignment import server_framework
 from sandbox.core.errors import BudgetExhausted
 from sandbox.core.experiment import load_experiment_data
 from sandbox.core.privacy import sample_dp_plans
-from sandbox.engine.replies import ReplyTap, client_columns
+from sandbox.engine.replies import client_columns
 
 if TYPE_CHECKING:
     from flwr.serverapp.strategy import Result
+    from flwr.supercore.run import Run
 
     from sandbox.core.config import Config
     from sandbox.core.privacy import PrivacyLedger
     from sandbox.engine.checkpoint import Checkpoint
     from strategies import Accounted
+
+
+#: The reply types whose metrics the rows' per-client columns need.
+_KEPT = (MessageType.TRAIN, MessageType.EVALUATE)
+
+
+class ReplyTap(Grid):
+    """``grid`` itself, keeping the metrics of valid train and evaluate replies.
+
+    Strategies aggregate client metrics into one record per round; the rows of a mixed,
+    heterogeneous or attacked federation need them one by one
+    (:mod:`sandbox.engine.replies`). The ServerApp takes them once per round: its rounds
+    run train, evaluate and the centralized evaluation one after another.
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+        self._kept: dict[str, list[dict[str, float]]] = {kind: [] for kind in _KEPT}
+
+    def take(self) -> dict[str, list[dict[str, float]]]:
+        """The metrics kept since the last call, by message type; forgets them."""
+        kept, self._kept = self._kept, {kind: [] for kind in _KEPT}
+        return kept
+
+    def _keep(self, replies: Iterable[Message]) -> list[Message]:
+        replies = list(replies)
+        for reply in replies:
+            kind = reply.metadata.message_type
+            if kind in self._kept and not reply.has_error():
+                self._kept[kind].append(dict(reply.content[wire.METRICS]))
+        return replies
+
+    def set_run(self, run: Run) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self._grid.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: float | None = None) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._keep(self._grid.pull_messages(message_ids))
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        return self._keep(self._grid.send_and_receive(messages, timeout=timeout))
 
 
 class RoundObserver(Protocol):
