@@ -77,7 +77,49 @@ def tests(session: nox.Session) -> None:
     twin cross-check runs here too.
     """
     _tff_env(session)
+    _postgresql(session)
     _run(session, "python", "-m", "pytest", "-m", "not slow", *session.posargs)
+
+
+def _postgresql(session: nox.Session) -> None:
+    """Install Debian's PostgreSQL server when it is missing (tests/test_study_postgres.py).
+
+    The tests start and stop their own server; Debian's package is told not to create
+    (and start) a cluster of its own. Needs root, or sudo.
+    """
+    if list(Path("/usr/lib/postgresql").glob("*/bin/initdb")) or shutil.which("initdb"):
+        return
+    if os.geteuid() == 0:
+        sudo = []
+    elif shutil.which("sudo"):
+        sudo = ["sudo"]
+    else:
+        session.error("PostgreSQL is missing (tests/test_study_postgres.py needs its server) "
+                      "and installing it needs root or sudo: apt-get install -y postgresql")
+    script = ("mkdir -p /etc/postgresql-common && echo 'create_main_cluster = false' > "
+              "/etc/postgresql-common/createcluster.conf && apt-get update -q && "
+              "DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql")
+    session.run(*sudo, "sh", "-c", script, external=True)
+
+
+@nox.session
+def study_workers(session: nox.Session) -> None:
+    """`nox -s study_workers -- STUDY N [search options]`: run STUDY with N worker processes.
+
+    They share the study's storage: the journal file unless the study file (or --set)
+    names one, e.g. a postgresql:// URL that workers on other machines reach too
+    (`fedsandbox search STUDY --join` there). docs/distributed_search.md
+    """
+    import tomllib
+
+    if len(session.posargs) < 2 or not session.posargs[1].isdigit():
+        session.error("usage: nox -s study_workers -- STUDY N [fedsandbox search options]")
+    study, workers, *rest = session.posargs
+    named = "storage" in tomllib.loads(Path(study).read_text()).get("study", {}) or any(
+        arg.startswith("study.storage=") for arg in rest)
+    journal = [] if named else ["--set", "study.storage=journal"]
+    _run(session, "fedsandbox", "search", study, "--set", f"study.workers={workers}",
+         *journal, *rest)
 
 
 @nox.session
@@ -105,6 +147,13 @@ def bench(session: nox.Session) -> None:
 def dp_sweep(session: nox.Session) -> None:
     """Utility–privacy curve: configs/dp_sweep.toml in PyTorch and Keras (a few minutes)."""
     _run(session, "fedsandbox", "sweep", "configs/dp_sweep.toml", "--quiet", *session.posargs)
+
+
+@nox.session
+def compare(session: nox.Session) -> None:
+    """Every registered strategy on non-IID Synthetic(1,1) and digits (alpha 0.1), and the
+    robustness sweeps configs/robust_*.toml: benchmarks/COMPARE.md + benchmarks/out/compare/."""
+    _run(session, "python", "-m", "benchmarks.compare_strategies", *session.posargs)
 
 
 @nox.session
