@@ -81,6 +81,8 @@ def run_deployment(cfg: Config, run_dir: RunDirectory) -> RunResult:
                 failed = run_dir.fail(cfg, exc, _reason(exc), rows=[], ledger=None)
                 if isinstance(exc, Exception):
                     raise RunFailed(exc, run_dir=failed, stop_reason=_reason(exc)) from exc
+                exc.run_dir = failed  # KeyboardInterrupt: the CLI names it, as on inline
+                exc.add_note(f"partial results kept in {failed}")
             raise
         if run_dir.path.is_dir():  # flwr run ended, the ServerApp never finished the run
             _keep_logs(logs, run_dir.path)
@@ -108,7 +110,7 @@ def _flwr_run(cfg: Config, run_dir: RunDirectory, home: Path, connection: dict,
     run_config.write_text(dict_to_toml({"config": cfg.to_toml(),
                                         "run-dir": str(run_dir.path.resolve())}))
     flwr = Path(sys.executable).with_name("flwr")
-    env = {**flower_env(home), "PYTHONUNBUFFERED": "1"}
+    env = flower_env(home)
     logs.mkdir(parents=True, exist_ok=True)
     with (logs / "flwr-run.log").open("wb") as log:
         return subprocess.run([str(flwr), "run", str(APP_DIR), CONNECTION, "--run-config",

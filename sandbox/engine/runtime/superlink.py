@@ -34,8 +34,10 @@ def free_port() -> int:
 
 
 def flower_env(home: Path) -> dict[str, str]:
-    """This process's environment with ``FLWR_HOME = home`` and no telemetry."""
-    return {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
+    """This process's environment with ``FLWR_HOME = home``, no telemetry and unbuffered
+    output (the logs show each message when it happens)."""
+    return {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
+            "PYTHONUNBUFFERED": "1"}
 
 
 @dataclass(frozen=True)
