@@ -38,6 +38,15 @@ CASES = {
         "per_round": True}},
     "torch_attack": {"framework": "torch", "attack.fraction": 0.25, "attack.kind": "sign_flip",
                      "attack.scale": 2.0},
+    "torch_scaffold": {"framework": "torch", "federation.strategy": "scaffold",
+                       "federation.fraction_train": 0.5, "train.momentum": 0.0},
+    "torch_fednova": {"framework": "torch", "federation.strategy": "fednova",
+                      "heterogeneity.local_steps": [3, 1, 5, 2]},
+    "torch_qfedavg": {"framework": "torch", "federation.strategy": "qfedavg"},
+    "torch_krum": {"framework": "torch", "federation.strategy": "krum"},
+    "torch_multikrum": {"framework": "torch", "federation.strategy": "multikrum",
+                        "federation.strategy_args": {"num_nodes_to_select": 2}},
+    "torch_bulyan": {"framework": "torch", "federation.strategy": "bulyan"},
 }
 
 
