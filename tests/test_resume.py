@@ -23,6 +23,17 @@ CASES = {
     "mixed-attack-heterogeneous": {"framework": "mixed", "attack.fraction": 0.25,
                                    "attack.kind": "gaussian", "attack.noise_std": 0.01,
                                    "heterogeneity.local_steps": [3, 1, 5, 2]},
+    # the server control variate (in the strategy) and the clients' c_i (in Context.state)
+    "scaffold": {"framework": "torch", "federation.strategy": "scaffold",
+                 "federation.fraction_train": 0.5, "train.momentum": 0.0},
+    # FedNova and q-FFL keep the round's global model; the robust rules keep nothing
+    "fednova-heterogeneous": {"framework": "torch", "federation.strategy": "fednova",
+                              "heterogeneity.local_steps": [3, 1, 5, 2]},
+    "qfedavg": {"framework": "torch", "federation.strategy": "qfedavg"},
+    "krum": {"framework": "torch", "federation.strategy": "krum"},
+    "multikrum": {"framework": "torch", "federation.strategy": "multikrum",
+                  "federation.strategy_args": {"num_nodes_to_select": 2}},
+    "bulyan": {"framework": "torch", "federation.strategy": "bulyan"},
 }
 
 
