@@ -32,7 +32,7 @@ CASES = {
     "qfedavg": {"framework": "torch", "federation.strategy": "qfedavg"},
     "krum": {"framework": "torch", "federation.strategy": "krum"},
     "multikrum": {"framework": "torch", "federation.strategy": "multikrum",
-                  "federation.strategy_args": {"num_nodes_to_select": 2}},
+                  "federation.strategy_args.num_nodes_to_select": 2},
     "bulyan": {"framework": "torch", "federation.strategy": "bulyan"},
 }
 
