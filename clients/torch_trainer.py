@@ -1,14 +1,13 @@
 """PyTorch bridge: build a :class:`~sandbox.core.models.ModelSpec` as an ``nn.Module`` and train it.
 
-DP-SGD uses Opacus' own parts: a ``GradSampleModule`` (per-example gradients, built once
-per trainer) and a ``DPOptimizer`` (per-example clipping, Gaussian noise, normalization by
-the expected batch size) wrapped around a fresh optimizer each round. Batches come from
-the framework-neutral Poisson schedule (:func:`clients.schedule.poisson_schedule`) instead
-of Opacus' ``DPDataLoader``, so torch and Keras clients draw identical batches; the
+DP-SGD is :mod:`clients.torch_dp` (per-example clipping from one backward pass, Opacus'
+clipping, noise and scaling arithmetic, a fresh plain optimizer each round). Batches come
+from the framework-neutral Poisson schedule (:func:`clients.schedule.poisson_schedule`)
+instead of Opacus' ``DPDataLoader``, so torch and Keras clients draw identical batches; the
 accountant lives with the client's node state (``clients.dp``), not in a
 ``PrivacyEngine`` that would be rebuilt every round. The noise comes from
 :func:`os.urandom` (``privacy.noise = "secure"``, the default), or from a torch generator
-seeded per client and round (``"seeded"``; :func:`_dp_optimizer`).
+seeded per client and round (``"seeded"``).
 
 Inputs arrive channels-last (the canonical data layout); the module moves channels first
 for its convolutions and back to channels-last before flattening, so the flattened
@@ -16,9 +15,6 @@ features, and hence the dense weights, line up with the Keras model.
 """
 
 from __future__ import annotations
-
-import functools
-import warnings
 
 import numpy as np
 import torch
@@ -28,7 +24,6 @@ from clients.schedule import PAD
 from sandbox.core.config import TrainConfig
 from sandbox.core.models import ModelSpec
 from sandbox.core.privacy import SampleDPPlan
-from sandbox.core.privacy.noise import gaussian
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU}
 
@@ -103,53 +98,6 @@ def load_weights(module: nn.Module, weights: list[np.ndarray]) -> None:
             param.copy_(torch.from_numpy(np.ascontiguousarray(to_torch_layout(array))))
 
 
-def _dp_optimizer(optimizer: torch.optim.Optimizer, dp: SampleDPPlan, *, seed: int,
-                  secure_rng: bool):
-    """Opacus' ``DPOptimizer`` around ``optimizer``: noise seeded from ``seed``, or secure.
-
-    Opacus' own secure mode (``PrivacyEngine(secure_mode=True)``) draws from a
-    ``torchcsprng`` generator, a package with no build for current torch, and a
-    ``torch.Generator`` is a Mersenne Twister, not a CSPRNG. So ``secure_rng`` keeps
-    ``secure_mode=True`` and replaces the noise draw itself (:class:`_UrandomDPOptimizer`).
-    """
-    from opacus.optimizers import DPOptimizer
-
-    args = dict(noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-                expected_batch_size=dp.expected_batch, loss_reduction="mean")
-    if secure_rng:
-        return _urandom_optimizer_class()(optimizer, secure_mode=True, **args)
-    return DPOptimizer(optimizer, generator=torch.Generator().manual_seed(seed ^ 0x5EED),
-                       **args)
-
-
-@functools.cache
-def _urandom_optimizer_class() -> type:
-    from opacus.optimizers import DPOptimizer
-
-    class _UrandomDPOptimizer(DPOptimizer):
-        """``DPOptimizer`` whose Gaussian noise comes from the OS's CSPRNG.
-
-        Overrides the documented ``add_noise`` step (clipped sum + noise into ``p.grad``)
-        with :func:`sandbox.core.privacy.noise.gaussian` (``rng=None``): the same
-        sum-of-four-draws sampler as Opacus' ``secure_mode``, fed by :func:`os.urandom`
-        instead of a torch generator.
-        """
-
-        def add_noise(self) -> None:
-            std = self.noise_multiplier * self.max_grad_norm
-            for p in self.params:
-                noise = torch.from_numpy(gaussian(tuple(p.summed_grad.shape), std, None))
-                p.grad = (p.summed_grad + noise.to(p.summed_grad)).view_as(p)
-
-    return _UrandomDPOptimizer
-
-
-def _add_offsets(optimizer, *, offsets: list[torch.Tensor]) -> None:
-    """Opacus step hook: add SCAFFOLD's correction to the clipped, noised gradient."""
-    for param, offset in zip(optimizer.params, offsets, strict=True):
-        param.grad.add_(offset)
-
-
 class TorchTrainer:
     """Local SGD/Adam training of a ``SpecModule`` (see :class:`clients.trainer.Trainer`)."""
 
@@ -159,12 +107,6 @@ class TorchTrainer:
         self.module = build_module(spec)
         self.loss_fn = nn.CrossEntropyLoss()
         self.private = private
-        if private:
-            from opacus import GradSampleModule
-
-            # Summed loss: grad_sample holds exact per-example gradients, also for an
-            # empty Poisson batch; DPOptimizer divides the noisy sum by the expected batch.
-            self._grad_sample_module = GradSampleModule(self.module, loss_reduction="sum")
 
     def get_weights(self) -> list[np.ndarray]:
         """Copies in the canonical layout (never views of the live parameters)."""
@@ -225,25 +167,10 @@ class TorchTrainer:
     def _fit_private(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray, *, seed: int,
                      dp: SampleDPPlan, secure_rng: bool,
                      offsets: list[torch.Tensor]) -> float:
-        model = self._grad_sample_module
-        optimizer = _dp_optimizer(self._optimizer(), dp, seed=seed, secure_rng=secure_rng)
-        if offsets:  # SCAFFOLD: corrects the privatized gradient (post-processing)
-            optimizer.attach_step_hook(functools.partial(_add_offsets, offsets=offsets))
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-        model.train()
-        total, nonempty = 0.0, 0
-        for row in torch.from_numpy(schedule):
-            idx = row[row != PAD]
-            optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx], reduction="sum")
-            with warnings.catch_warnings():  # inputs never require grad; Opacus is fine
-                warnings.filterwarnings("ignore", message="Full backward hook")
-                loss.backward()
-            optimizer.step()
-            if len(idx):  # the reported loss: mean over steps that had examples
-                total += float(loss.detach()) / len(idx)
-                nonempty += 1
-        return total / max(nonempty, 1)
+        from clients.torch_dp import fit_private
+
+        return fit_private(self.module, self._optimizer(), x, y, schedule, dp=dp, seed=seed,
+                           secure_rng=secure_rng, offsets=offsets)
 
     @torch.no_grad()
     def logits(self, x: np.ndarray) -> np.ndarray:
