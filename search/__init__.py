@@ -1,6 +1,7 @@
 """Federated architecture and hyperparameter search: Optuna or KerasTuner over whole runs.
 
-    fedsandbox search configs/search_digits.toml [--resume] [--dry-run]
+    fedsandbox search configs/search_digits.toml [--resume] [--dry-run] [--processes P]
+    fedsandbox search configs/search_digits.toml --join    # one more worker, any machine
         [--set study.n_trials=40] [--set experiment.rounds=6] [--set space.lr.high=0.3]
 
 >>> from search import run_search               # doctest: +SKIP
@@ -26,16 +27,18 @@ def dry_run(path: str | Path, overrides: dict[str, Any] | None = None) -> str:
 
 
 def run_search(path: str | Path, overrides: dict[str, Any] | None = None, *,
-               resume: bool = False) -> Path:
+               resume: bool = False, processes: int | None = None) -> Path:
     """Run (or ``resume``) the study in ``path``; return its report directory.
 
     ``overrides`` name their table (``study.seed``, ``experiment.rounds``,
-    ``space.lr.high``); a key without a prefix is a ``[study]`` key.
+    ``space.lr.high``); a key without a prefix is a ``[study]`` key. ``processes``:
+    Optuna worker processes here (default ``study.workers``); more may :func:`join_search`.
     """
     from search.config import Study
     from search.report import write_report
 
     study = Study(path, overrides)
+    _optuna_only(study, processes)
     if study.settings.backend == "kerastuner":
         from search.study_store import open_study, prepare_storage
 
@@ -48,7 +51,7 @@ def run_search(path: str | Path, overrides: dict[str, Any] | None = None, *,
         from search.workers import run_optuna
 
         optuna_study, stop_reason = run_optuna(study, resume=resume, study_path=Path(path),
-                                               overrides=overrides or {})
+                                               overrides=overrides or {}, processes=processes)
     report = write_report(study, optuna_study, stop_reason=stop_reason)
     best = json.loads((report / "summary.json").read_text())
     if best["best"] is None:  # the CLI prints the best trial; say why there is none
@@ -56,4 +59,34 @@ def run_search(path: str | Path, overrides: dict[str, Any] | None = None, *,
     return report
 
 
-__all__ = ["dry_run", "run_search"]
+def join_search(path: str | Path, overrides: dict[str, Any] | None = None, *,
+                processes: int | None = None) -> str:
+    """Add ``processes`` workers (default 1) to the running study in ``path``.
+
+    Returns why the study ended (the process that created it writes the report).
+    """
+    from search.config import Study
+    from search.workers import run_optuna
+
+    study = Study(path, overrides)
+    _optuna_only(study, processes, join=True)
+    _, stop_reason = run_optuna(study, resume=False, study_path=Path(path),
+                                overrides=overrides or {}, join=True, processes=processes)
+    return stop_reason
+
+
+def _optuna_only(study, processes: int | None, *, join: bool = False) -> None:
+    """``--join`` and ``--processes`` are for Optuna studies (KerasTuner runs one process)."""
+    from sandbox.core.errors import ConfigError
+
+    backend = study.settings.backend
+    if backend != "optuna" and (join or processes is not None):
+        option = "--join" if join else f"--processes {processes}"
+        raise ConfigError(f"{option}: study.backend = {backend!r} runs in one process; "
+                          "allowed with backend 'optuna' only")
+    if processes is not None and processes < 1:
+        raise ConfigError(f"--processes {processes}: allowed: an integer >= 1 (worker "
+                          "processes here)")
+
+
+__all__ = ["dry_run", "join_search", "run_search"]

@@ -56,6 +56,7 @@ from search.study_store import (
 )
 from search.trials import (
     client_budget_spent,
+    interrupted_spend,
     is_budget_stop,
     mixed_seed,
     run_budgeted_trial,
@@ -296,7 +297,7 @@ class OptunaSearch:
         fixed.get_trials(deepcopy=False)  # Optuna caches RDB trials per study: sync it
         trial = optuna.trial.Trial(fixed, ident)
         for key, value in {"worker": self.worker, "host": socket.gethostname(),
-                           "pid": os.getpid()}.items():
+                           "pid": os.getpid(), "run_dir": ""}.items():  # not a retried run's
             trial.set_user_attr(key, value)
         self.study.space.suggest_optuna(trial)  # stores the parameters (a retry has them)
         return fixed, trial, values
@@ -317,12 +318,30 @@ class OptunaSearch:
 
     def _run_one(self, slot: int, fixed: optuna.Study, trial: optuna.Trial,
                  values: dict[str, Any], earlier: list) -> None:
+        import optuna
+
+        spent = [t.user_attrs for t in earlier] + interrupted_spend(self.optuna_study)
+        outcome, attrs = run_budgeted_trial(
+            self.study, values, name=f"trial{trial.number:04d}", slot=slot, spent=spent,
+            report=self._reporter(trial), reserved_client_rounds=self._reserved(slot, earlier))
+        try:
+            self._tell(fixed, trial, outcome, attrs)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            print(f"trial {trial.number:3d} was told FAIL by another worker (this worker's "
+                  f"heartbeat came later than {2 * self.study.settings.heartbeat_interval} s)"
+                  f" and runs again there; the run in {outcome.run_dir} is not the study's "
+                  "and its privacy spend is not in privacy.json", flush=True)
+            return
+        if self.progress:
+            print(f"trial {trial.number:3d} {outcome.status:8s} val acc "
+                  f"{outcome.accuracy:.4f} (test {outcome.test_accuracy:.4f}) "
+                  f"rounds {outcome.rounds_completed:3d} "
+                  f"{_short(values)}{'  ' + outcome.reason if outcome.reason else ''}",
+                  flush=True)
+
+    def _tell(self, fixed: optuna.Study, trial: optuna.Trial, outcome, attrs: dict) -> None:
         from optuna.trial import TrialState
 
-        outcome, attrs = run_budgeted_trial(
-            self.study, values, name=f"trial{trial.number:04d}", slot=slot,
-            spent=[t.user_attrs for t in earlier], report=self._reporter(trial),
-            reserved_client_rounds=self._reserved(slot, earlier))
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         settings = self.study.settings
@@ -336,20 +355,34 @@ class OptunaSearch:
             objective_values = [outcome.value(o) for o in settings.objectives]
             fixed.tell(trial, objective_values if len(objective_values) > 1
                        else objective_values[0])
-        if self.progress:
-            print(f"trial {trial.number:3d} {outcome.status:8s} val acc "
-                  f"{outcome.accuracy:.4f} (test {outcome.test_accuracy:.4f}) "
-                  f"rounds {outcome.rounds_completed:3d} "
-                  f"{_short(values)}{'  ' + outcome.reason if outcome.reason else ''}",
-                  flush=True)
 
     def _reporter(self, trial: optuna.Trial):
-        if len(self.study.settings.objectives) > 1:
-            return None
+        """Each round: the run's directory on the trial (once), the value, pruning.
+
+        With the directory recorded from round 1 on, the rounds of a trial whose worker
+        is killed still count: their ledger and client-rounds stay in its ``.partial``
+        directory (:func:`~search.trials.interrupted_spend`). A trial told FAIL meanwhile
+        (its heartbeat came late) stops its run here: another worker runs it again.
+        """
+        import optuna
+
+        pattern = f"trial{trial.number:04d}-*.partial"
+        single = len(self.study.settings.objectives) == 1
+
+        recorded: list[str] = []
 
         def report(server_round: int, accuracy: float) -> None:
-            trial.report(accuracy, server_round)
-            if trial.should_prune():
+            try:
+                if not recorded:
+                    found = sorted((self.study.work_directory / "trials").glob(pattern))
+                    recorded.append(str(found[-1]) if found else "")
+                    trial.set_user_attr("run_dir", recorded[0])
+                if single:
+                    trial.report(accuracy, server_round)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                raise RunPruned(server_round, "told FAIL by another worker (heartbeat "
+                                "late); run again there") from None
+            if single and trial.should_prune():
                 raise RunPruned(server_round, f"pruned by {self.study.settings.pruner}")
 
         return report

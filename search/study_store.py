@@ -69,19 +69,19 @@ def _local_file(url: str) -> Path | None:
     return None
 
 
-def prepare_storage(study: Study, *, resume: bool):
+def prepare_storage(study: Study, *, resume: bool, flag: str = "--resume"):
     """Check ``study.storage`` and open it; on any problem a ConfigError, nothing left.
 
-    A ``--resume`` whose storage file does not exist is refused before anything is
-    created (opening it would create an empty database). A URL that SQLAlchemy cannot
-    parse or connect to is a user error naming ``study.storage``; the work directory
-    is removed again if this call created it.
+    A ``--resume`` (or ``flag``: ``--join``) whose storage file does not exist is refused
+    before anything is created (opening it would create an empty database). A URL that
+    SQLAlchemy cannot parse or connect to is a user error naming ``study.storage``; the
+    work directory is removed again if this call created it.
     """
     url = storage_url(study)
     local = _local_file(url)
     if resume and local is not None and not local.is_file():
-        raise ConfigError(f"--resume: there is no study storage at {local} (study.name = "
-                          f"'{study.settings.name}'); run without --resume to start it")
+        raise ConfigError(f"{flag}: there is no study storage at {local} (study.name = "
+                          f"'{study.settings.name}'); run without {flag} to start it")
     if local is None:
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
@@ -129,7 +129,7 @@ def make_storage(study: Study):
 
 
 def open_study(study: Study, *, create: bool, storage=None, sampler=None,
-               pruner=None) -> optuna.Study:
+               pruner=None, flag: str = "--resume") -> optuna.Study:
     """Create or load the study in ``storage`` (default: a new one from the settings).
 
     A new study records its settings, space and command, and draws its trial count
@@ -145,8 +145,8 @@ def open_study(study: Study, *, create: bool, storage=None, sampler=None,
         try:
             return optuna.load_study(**kwargs)
         except KeyError:
-            raise ConfigError(f"no study '{study.settings.name}' in {storage_url(study)} to "
-                              "resume; run without --resume first") from None
+            raise ConfigError(f"{flag}: no study '{study.settings.name}' in "
+                              f"{storage_url(study)}; run without {flag} first") from None
     try:
         created = optuna.create_study(directions=study.settings.directions, **kwargs)
     except optuna.exceptions.DuplicatedStudyError:

@@ -173,3 +173,29 @@ def client_budget_spent(study: Study, spent: Iterable[dict[str, Any]], *,
 
 def is_budget_stop(attrs: dict[str, Any]) -> bool:
     return bool(attrs.get("budget_stop"))
+
+
+def interrupted_spend(optuna_study) -> list[dict[str, Any]]:
+    """What the rounds of interrupted trials spent, as user attributes of finished trials.
+
+    A killed worker's run stays in its ``.partial`` directory, recorded on its trial from
+    round 1 on: its ledger (``run_dir``) and its client-rounds (from ``metrics.json``)
+    count towards the study's budgets like a finished trial's.
+    """
+    import json
+    from pathlib import Path
+
+    from search.study_store import interrupted_trials
+
+    numbers = interrupted_trials(optuna_study)
+    spent = []
+    for trial in optuna_study.get_trials(deepcopy=False):
+        run_dir = trial.user_attrs.get("run_dir", "")
+        if trial.number not in numbers or not run_dir:
+            continue
+        metrics = Path(run_dir) / "metrics.json"
+        rows = json.loads(metrics.read_text()) if metrics.is_file() else []
+        spent.append({"run_dir": run_dir, "client_rounds": sum(
+            len(r.get("train_partitions", [])) + len(r.get("fed_val_partitions", []))
+            for r in rows if r.get("round", 0) >= 1)})
+    return spent

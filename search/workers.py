@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from sandbox.core.errors import ConfigError
 from search.study_store import make_storage, open_study, prepare_storage
 
 if TYPE_CHECKING:
@@ -53,9 +54,12 @@ def run_optuna(study: Study, *, resume: bool, study_path: Path, overrides: dict[
         recover_interrupted,
     )
 
-    storage = prepare_storage(study, resume=resume or join)
+    flag = "--join" if join else "--resume"
+    storage = prepare_storage(study, resume=resume or join, flag=flag)
     optuna_study = open_study(study, create=not (resume or join), storage=storage,
-                              sampler=make_sampler(study), pruner=make_pruner(study))
+                              sampler=make_sampler(study), pruner=make_pruner(study), flag=flag)
+    if join:
+        check_same_settings(study, optuna_study)
     if resume:
         recovered = recover_interrupted(optuna_study)
         if recovered:
@@ -80,3 +84,19 @@ def run_optuna(study: Study, *, resume: bool, study_path: Path, overrides: dict[
         print(f"{len(killed)} worker process(es) were killed (signals "
               f"{[-code for code in killed]}); other workers ran their trials again")
     return optuna_study, search.stop_reason
+
+
+#: Settings a joining worker may hold differently (where this machine keeps its files).
+LOCAL_SETTINGS = ("storage", "output_dir")
+
+
+def check_same_settings(study: Study, optuna_study: optuna.Study) -> None:
+    """A joining worker must run the study's settings (slots, batches, budget, seed)."""
+    stored = optuna_study.user_attrs.get("settings", {})
+    mine = study.settings.model_dump(mode="json")
+    for key in sorted(set(stored) | set(mine)):
+        if key not in LOCAL_SETTINGS and stored.get(key) != mine.get(key):
+            raise ConfigError(
+                f"--join: study.{key} = {mine.get(key)!r} but the study "
+                f"'{study.settings.name}' in its storage has {stored.get(key)!r}; a joining "
+                "worker runs the study's own settings (same study file and --set)")
