@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="continue the study in its storage (interrupted trials re-run)")
     search.add_argument("--dry-run", action="store_true",
                         help="print the resolved study, space and base experiment; run nothing")
+    search.add_argument("--join", action="store_true",
+                        help="add workers to a study that runs (from any machine that reaches "
+                        "its storage); the process that started the study writes the report")
+    search.add_argument("--processes", type=int, metavar="P",
+                        help="Optuna worker processes here (default: study.workers; 1 with "
+                        "--join); any worker runs any trial, a killed one's trial runs again")
     _command(commands, "twin", "run a config in the sandbox and in TensorFlow Federated "
              "(its own environment: `nox -s tff`) and compare them (docs/twins.md)",
              "experiment TOML (e.g. configs/twin_fedavg.toml)", "override a config key")
@@ -175,13 +181,20 @@ def _sweep(args) -> int:
 
 def _search(args) -> int:
     from sandbox.core.tomlio import parse_overrides
-    from search import dry_run, run_search
+    from search import dry_run, join_search, run_search
 
     overrides = dict(parse_overrides(args.overrides))  # study.* / experiment.* / space.*
     if args.dry_run:
         print(dry_run(args.config, overrides), end="")
         return 0
-    report = run_search(args.config, overrides, resume=args.resume)
+    if args.join:
+        if args.resume:
+            raise SandboxError("--join adds workers to a running study; --resume restarts "
+                               "a stopped one: use one of them")
+        stop_reason = join_search(args.config, overrides, processes=args.processes)
+        print(f"joined study: {stop_reason}")
+        return 0
+    report = run_search(args.config, overrides, resume=args.resume, processes=args.processes)
     print(f"study report: {report}")
     best = json.loads((report / "summary.json").read_text())["best"]
     if best is not None:
