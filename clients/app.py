@@ -102,7 +102,8 @@ def make_client_app(cfg: Config) -> ClientApp:
         weights = trainer.get_weights()
         content = RecordDict({wire.METRICS: metrics})
         if control is not None:
-            updated = scaffold.updated_control(control, own, received, weights, steps=steps,
+            updated = scaffold.updated_control(control, own, received, weights,
+                                               steps=metrics[wire.NORMALIZED_STEPS],
                                                lr=cfg.train.lr)
             scaffold.store_control(context, updated)
             content[wire.CONTROL_DELTA] = scaffold.control_delta(updated, own)

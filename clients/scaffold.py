@@ -58,9 +58,15 @@ def correction(server: list[np.ndarray], client: list[np.ndarray]) -> list[np.nd
 
 
 def updated_control(server: list[np.ndarray], client: list[np.ndarray],
-                    start: list[np.ndarray], end: list[np.ndarray], *, steps: int,
+                    start: list[np.ndarray], end: list[np.ndarray], *, steps: float,
                     lr: float) -> list[np.ndarray]:
-    """Option II: ``c_i+ = c_i - c + (x - y_i) / (K * eta_l)`` (``c_i`` if ``K = 0``)."""
+    """Option II: ``c_i+ = c_i - c + (x - y_i) / (K * eta_l)`` (``c_i`` if ``K = 0``).
+
+    ``steps`` is the effective step count ``||a_i||_1`` (FedNova's normalized steps): K
+    for plain SGD; with SGD momentum rho the model moves by ``eta_l * sum_k (1 - rho^k) /
+    (1 - rho)`` gradients, and dividing by ``K * eta_l`` would overstate the mean corrected
+    gradient up to ``1 / (1 - rho)`` times (10x at rho = 0.9: SCAFFOLD then diverges).
+    """
     if steps == 0:
         return client
     scale = 1.0 / (steps * lr)
