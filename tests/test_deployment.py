@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import load_config
-from sandbox.core.errors import ConfigError, SandboxError
+from sandbox.core.errors import ConfigError, RunFailed, SandboxError
 from tests.conftest import ROOT, small_overrides
 from tests.test_runtime import assert_same_history
 
@@ -99,9 +99,9 @@ def _kill_after_first_train(local, partition_id: int, killed: threading.Event,
         time.sleep(0.2)
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason=(
+@pytest.mark.xfail(strict=True, raises=RunFailed, reason=(
     "known bug (issue 20 part 3): one SuperLink 'Node Unavailable' reply for the killed "
-    "node still reaches the sampling wrapper unattributed (KeyError: 1)"))
+    "node still reaches the sampling wrapper unattributed (the run fails with KeyError: 1)"))
 def test_killed_supernode_is_a_counted_failure_and_the_run_finishes(tmp_path):
     """A SuperNode killed after its round-1 reply: rounds 2-3 finish with the other two
     clients and count its failure (the SuperLink's "Node Unavailable" error replies), as

@@ -39,6 +39,7 @@ from flwr.serverapp import Grid, ServerApp
 from sandbox.core import wire
 from sandbox.core.errors import ConfigError
 from sandbox.core.tomlio import parse_overrides, set_dotted
+from sandbox.engine.grids import ForwardingGrid
 from sandbox.engine.preflight import load_config, validate_config
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def _delegate(msg: Message, context: Context) -> Message:
     return app(msg, context)
 
 
-class NodeAttributedGrid(Grid):
+class NodeAttributedGrid(ForwardingGrid):
     """``grid`` whose error replies always come from the node that was asked.
 
     When a SuperNode is gone, the SuperLink answers for it with a "Node Unavailable"
@@ -105,29 +106,6 @@ class NodeAttributedGrid(Grid):
     failure records and partition-ordered aggregation look replies up by sender. Such a
     reply is re-issued here as the same error from the message's destination node.
     """
-
-    def __init__(self, grid: Grid) -> None:
-        self._grid = grid
-
-    def set_run(self, run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self):
-        return self._grid.run
-
-    def create_message(self, content, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:

@@ -24,7 +24,6 @@ from flwr.app import (
     Message,
     MessageType,
     MetricRecord,
-    RecordDict,
 )
 from flwr.serverapp import Grid, ServerApp
 
@@ -35,11 +34,11 @@ from sandbox.core.assignment import server_framework
 from sandbox.core.errors import BudgetExhausted
 from sandbox.core.experiment import load_experiment_data
 from sandbox.core.privacy import sample_dp_plans
+from sandbox.engine.grids import ForwardingGrid
 from sandbox.engine.replies import client_columns
 
 if TYPE_CHECKING:
     from flwr.serverapp.strategy import Result
-    from flwr.supercore.run import Run
 
     from sandbox.core.config import Config
     from sandbox.core.privacy import PrivacyLedger
@@ -51,7 +50,7 @@ if TYPE_CHECKING:
 _KEPT = (MessageType.TRAIN, MessageType.EVALUATE)
 
 
-class ReplyTap(Grid):
+class ReplyTap(ForwardingGrid):
     """``grid`` itself, keeping the metrics of valid train and evaluate replies.
 
     Strategies aggregate client metrics into one record per round; the rows of a mixed,
@@ -61,7 +60,7 @@ class ReplyTap(Grid):
     """
 
     def __init__(self, grid: Grid) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._kept: dict[str, list[dict[str, float]]] = {kind: [] for kind in _KEPT}
 
     def take(self) -> dict[str, list[dict[str, float]]]:
@@ -76,23 +75,6 @@ class ReplyTap(Grid):
             if kind in self._kept and not reply.has_error():
                 self._kept[kind].append(dict(reply.content[wire.METRICS]))
         return replies
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self._keep(self._grid.pull_messages(message_ids))
