@@ -103,3 +103,24 @@ def _tensorflow_started_with(count: int) -> None:
 
     tensorflow_threads(count)  # raises if this process's TensorFlow runs another count
     tf.constant(0.0).numpy()  # the first op starts TensorFlow, which fixes its pools
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("strategy", ["scaffold", "fednova", "qfedavg", "krum", "multikrum",
+                                      "bulyan"])
+def test_new_strategies_repeat_in_a_fresh_process_and_after_other_runs(tmp_path, strategy,
+                                                                       threads):
+    """The strategies with server or client state (SCAFFOLD's control variates, FedNova's
+    normalized steps, q-FFL's pre-training loss, the byzantine selections) give the same
+    clients and metrics alone in a fresh process and in this one after other runs, at
+    1 and 2 threads per client."""
+    counts = {"runtime.threads_per_client": threads, "runtime.server_threads": threads}
+    extra = {"federation.strategy": strategy, "heterogeneity.local_steps": [2, 3, 4, 5, 2, 3],
+             **PARTIAL, **counts}
+    fresh = _subprocess_run(RUN.format(tmp=str(tmp_path / "a"), before=[], extra=extra))
+    sandbox.run(sandbox.load_config(ROOT / "configs" / "quickstart.toml", small_overrides(
+        tmp_path / "b", seed=3, **{"federation.strategy": strategy, **counts})))
+    again = sandbox.run(sandbox.load_config(ROOT / "configs" / "quickstart.toml",
+                                            small_overrides(tmp_path / "c", **extra)))
+    assert json.dumps(again.rounds) == json.dumps(fresh["rounds"])
+    assert again.rounds[-1]["central_val_accuracy"] is not None
