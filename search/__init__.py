@@ -87,6 +87,13 @@ def _optuna_only(study, processes: int | None, *, join: bool = False) -> None:
     if processes is not None and processes < 1:
         raise ConfigError(f"--processes {processes}: allowed: an integer >= 1 (worker "
                           "processes here)")
+    several = join or (processes or study.settings.workers) > 1
+    if several and study.dp_possible and not study.base.output.checkpoint:
+        option = "--join" if join else f"{processes or study.settings.workers} workers"
+        raise ConfigError(
+            f"{option} with DP and experiment.output.checkpoint = false: a killed worker's "
+            "run leaves its privacy spend only in its checkpoint, so the study's ε would "
+            "miss it; allowed: output.checkpoint = true (the default) or one worker")
 
 
 __all__ = ["dry_run", "join_search", "run_search"]

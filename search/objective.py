@@ -30,6 +30,7 @@ from sandbox.core.privacy.assumptions import epsilon_caveats
 from sandbox.core.results import SELECTION_METRIC, StopReason
 from sandbox.core.sampling import sample_size
 from sandbox.engine.api import resume, run
+from sandbox.engine.checkpoint import checkpoint_spend
 from search.evaluation import Evaluation
 
 if TYPE_CHECKING:
@@ -261,4 +262,5 @@ def trial_ledger(run_dir: str) -> PrivacyLedger | None:
         return PrivacyLedger.from_json(json.loads((path / "privacy.json").read_text())["ledger"])
     if (path / "ledger.json").is_file():
         return PrivacyLedger.load(path / "ledger.json")
-    return None
+    spent = checkpoint_spend(path)  # a killed worker's run: its last checkpoint
+    return spent[1] if spent else None

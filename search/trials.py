@@ -185,6 +185,7 @@ def interrupted_spend(optuna_study) -> list[dict[str, Any]]:
     import json
     from pathlib import Path
 
+    from sandbox.engine.checkpoint import checkpoint_spend
     from search.study_store import interrupted_trials
 
     numbers = interrupted_trials(optuna_study)
@@ -194,7 +195,10 @@ def interrupted_spend(optuna_study) -> list[dict[str, Any]]:
         if trial.number not in numbers or not run_dir:
             continue
         metrics = Path(run_dir) / "metrics.json"
-        rows = json.loads(metrics.read_text()) if metrics.is_file() else []
+        if metrics.is_file():
+            rows = json.loads(metrics.read_text())
+        else:  # killed: only its last checkpoint says what it spent
+            rows = (checkpoint_spend(Path(run_dir)) or ([], None))[0]
         spent.append({"run_dir": run_dir, "client_rounds": sum(
             len(r.get("train_partitions", [])) + len(r.get("fed_val_partitions", []))
             for r in rows if r.get("round", 0) >= 1)})

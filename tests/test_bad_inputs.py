@@ -221,6 +221,10 @@ CASES = {
                                 ["--join", "--resume"]),
     "search with no processes": (["search", STUDY, "--processes", "0"],
                                  ["--processes 0", ">= 1"]),
+    "workers without checkpoints under DP": (
+        ["search", STUDY, "--processes", "2", "--set", "experiment.output.checkpoint=false",
+         "--set", "experiment.privacy.sample.enabled=true"],
+        ["2 workers", "output.checkpoint = false", "one worker"]),
     "study heartbeat zero": (["search", STUDY, "--set", "study.heartbeat_interval=0"],
                              ["study.heartbeat_interval"]),
     "study experiment missing": (["search", "{inp}/study_experiment.toml"], ["nowhere.toml"]),

@@ -73,6 +73,28 @@ def load_checkpoint(directory: Path, config_hash: str) -> Checkpoint:
     return checkpoint
 
 
+def checkpoint_spend(directory: Path) -> tuple[list[dict[str, Any]], Any] | None:
+    """What a run killed mid-way had released by its last checkpoint, or ``None``.
+
+    A killed run leaves no ``metrics.json`` or ``ledger.json``, only ``checkpoint.pkl``:
+    its metric rows (who trained and evaluated, per round) and its privacy ledger
+    (``PrivacyLedger``). Nothing of a round is printed or written before that round's
+    checkpoint, so these cover everything the run released.
+    """
+    path = directory / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        with path.open("rb") as handle:
+            checkpoint = pickle.load(handle)  # noqa: S301 - our own file, in our run dir
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        return None
+    if not isinstance(checkpoint, Checkpoint):
+        return None
+    rows = [checkpoint.rows[r] for r in sorted(checkpoint.rows)]
+    return rows, getattr(checkpoint.strategy, "ledger", None)
+
+
 def checkpoint_round(directory: Path) -> int | None:
     """The last checkpointed round of a run directory, if any."""
     try:
