@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
@@ -18,3 +20,16 @@ def replace_section(marker: str, section: str) -> None:
         text = text.rstrip() + "\n\n" + section
     RESULTS.write_text(text)
     print(f"written to {RESULTS}")
+
+
+def machine() -> str:
+    """CPU model and core count, for the captions of timing figures."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
