@@ -88,6 +88,11 @@ def _optuna_only(study, processes: int | None, *, join: bool = False) -> None:
         raise ConfigError(f"--processes {processes}: allowed: an integer >= 1 (worker "
                           "processes here)")
     several = join or (processes or study.settings.workers) > 1
+    if several and study.settings.privacy_budget:
+        option = "--join" if join else f"--processes {processes}"
+        raise ConfigError(f"{option} with study.privacy_budget: concurrent trials cannot see "
+                          "each other's spending, so the budget could be overrun; allowed: "
+                          "one worker process for a study with a privacy budget")
     if several and study.dp_possible and not study.base.output.checkpoint:
         option = "--join" if join else f"{processes or study.settings.workers} workers"
         raise ConfigError(

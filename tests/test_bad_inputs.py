@@ -225,6 +225,14 @@ CASES = {
         ["search", STUDY, "--processes", "2", "--set", "experiment.output.checkpoint=false",
          "--set", "experiment.privacy.sample.enabled=true"],
         ["2 workers", "output.checkpoint = false", "one worker"]),
+    "workers with a study privacy budget": (
+        ["search", STUDY, "--processes", "2", "--set", "study.privacy_budget=5",
+         "--set", "experiment.privacy.sample.enabled=true"],
+        ["--processes 2", "study.privacy_budget", "one worker process"]),
+    "join a study with a privacy budget": (
+        ["search", STUDY, "--join", "--set", "study.privacy_budget=5",
+         "--set", "experiment.privacy.sample.enabled=true"],
+        ["--join", "study.privacy_budget", "one worker process"]),
     "study heartbeat zero": (["search", STUDY, "--set", "study.heartbeat_interval=0"],
                              ["study.heartbeat_interval"]),
     "study experiment missing": (["search", "{inp}/study_experiment.toml"], ["nowhere.toml"]),
