@@ -16,6 +16,10 @@ torch, TensorFlow, Keras or Flower; each function imports what it needs.
 ``framework_model(framework, spec, weights)``
     The bare model (a torch ``nn.Module`` or a ``keras.Model``) with canonical
     ``weights``, for exporting it (``sandbox.engine.export``).
+``train_vectorized(cfg, calls)``, ``vectorized_unsupported(cfg)``
+    A round's train messages ``(message, node context)`` trained as one batched torch
+    computation (``backend = "vectorized"``), replies built as the ClientApp builds them;
+    ``None`` where the ClientApp must answer (:mod:`clients.vectorized`).
 ``framework_threads(framework, count)``, ``tensorflow_threads(count)``, ``ThreadsUnavailable``
     Thread counts of the server's framework work (``runtime.server_threads``); for a
     ``"mixed"`` federation that is torch, as its evaluator.
@@ -30,6 +34,7 @@ from clients.threads import ThreadsUnavailable, tensorflow_threads
 
 if TYPE_CHECKING:
     import numpy as np
+    from flwr.app import Context, Message
     from flwr.clientapp import ClientApp
 
     from clients.trainer import Trainer
@@ -51,6 +56,19 @@ def make_client_app(cfg: Config) -> ClientApp:
     from clients.app import make_client_app as make
 
     return make(cfg)
+
+
+def train_vectorized(cfg: Config, calls: list[tuple[Message, Context]]) -> list[Message | None]:
+    from clients.vectorized import train_round
+
+    return train_round(cfg, calls)
+
+
+def vectorized_unsupported(cfg: Config) -> str | None:
+    """Why ``cfg``'s clients cannot train as one batched computation, or ``None``."""
+    from clients.vectorized import unsupported
+
+    return unsupported(cfg)
 
 
 def get_evaluator(framework: str, spec: ModelSpec, train: TrainConfig) -> Trainer:
@@ -95,4 +113,5 @@ def training_batches(cfg: Config, server_round: int, partition_id: int,
 
 
 __all__ = ["ThreadsUnavailable", "framework_model", "framework_threads", "get_evaluator",
-           "make_client_app", "run_audits", "tensorflow_threads", "training_batches"]
+           "make_client_app", "run_audits", "tensorflow_threads", "train_vectorized",
+           "training_batches", "vectorized_unsupported"]

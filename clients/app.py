@@ -20,9 +20,10 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import scaffold
@@ -45,7 +46,7 @@ from sandbox.core.data import ClientData
 from sandbox.core.experiment import load_experiment_data
 from sandbox.core.faults import InjectedFault, injected_delay, injected_failure
 from sandbox.core.models import ModelSpec
-from sandbox.core.privacy import sample_dp_plan
+from sandbox.core.privacy import SampleDPPlan, sample_dp_plan
 
 STATE_KEY = "client-progress"
 #: Flower's error code for "the ClientApp raised" (flwr.common.constant.ErrorCode).
@@ -75,43 +76,12 @@ def make_client_app(cfg: Config) -> ClientApp:
     @with_client_threads(cfg)
     @failures_as_replies(cfg, "train")
     def train(msg: Message, context: Context) -> Message:
-        partition_id, data, spec, trainer = local(context)
-        received = wire.record_to_arrays(spec, msg.content[wire.ARRAYS])
-        trainer.set_weights(received)
-        config = msg.content[wire.CONFIG]
-        server_round = int(config[wire.SERVER_ROUND])
-        malicious = partition_id in malicious_partitions(cfg)
-        labels = data.y_train
-        if malicious and cfg.attack.kind == "label_flip":
-            labels = flip_labels(labels, spec.num_classes)
-        metrics = MetricRecord({
-            wire.NUM_EXAMPLES: len(labels), wire.UNIT_WEIGHT: 1.0,
-            wire.PARTITION_ID: partition_id, wire.MALICIOUS: float(malicious),
-            wire.KERAS_CLIENT: float(client_framework(cfg, partition_id) == "keras")})
-        if config.get(wire.REPORT_PRE_TRAIN_LOSS, False):  # sent by q-FFL
-            metrics[wire.PRE_TRAIN_LOSS] = trainer.evaluate(data.x_train, labels)[0]
-        control = scaffold.server_control(msg.content, spec)
-        own = None if control is None else scaffold.client_control(context, spec)
-        schedule = _fit(cfg, trainer, context, data.x_train, labels, config, metrics,
-                        correction=None if control is None else scaffold.correction(control, own))
-        steps = len(schedule)
-        _record_progress(context, steps=steps)
-        metrics[wire.LOCAL_STEPS] = steps
-        metrics[wire.NORMALIZED_STEPS] = normalized_steps(cfg.train, steps)
-        metrics[wire.LOCAL_EXAMPLES] = int((schedule != PAD).sum())
-        weights = trainer.get_weights()
-        content = RecordDict({wire.METRICS: metrics})
-        if control is not None:
-            updated = scaffold.updated_control(control, own, received, weights,
-                                               steps=metrics[wire.NORMALIZED_STEPS],
-                                               lr=cfg.train.lr)
-            scaffold.store_control(context, updated)
-            content[wire.CONTROL_DELTA] = scaffold.control_delta(updated, own)
-        if malicious:
-            weights = malicious_reply(cfg.attack, weights, received, seed=cfg.seed,
-                                      server_round=server_round, partition_id=partition_id)
-        content[wire.ARRAYS] = wire.to_record(weights)
-        return Message(content, reply_to=msg)
+        trainer = local(context)[3]
+        job = prepare_training(cfg, msg, context, trainer)
+        loss = trainer.fit(job.x, job.y, job.schedule, seed=job.seed, dp=job.dp,
+                           proximal_mu=job.proximal_mu, secure_rng=job.secure,
+                           correction=job.correction)
+        return finish_training(cfg, job, context, trainer.get_weights(), loss)
 
     @app.query(wire.PARTITION_QUERY_ACTION)
     def partition(msg: Message, context: Context) -> Message:
@@ -136,38 +106,119 @@ def make_client_app(cfg: Config) -> ClientApp:
     return app
 
 
-def _fit(cfg: Config, trainer: Trainer, context: Context, x: np.ndarray, y: np.ndarray,
-         config: ConfigRecord, metrics: MetricRecord, *,
-         correction: list[np.ndarray] | None) -> np.ndarray:
-    """Train one round (DP-SGD under ``privacy.sample``); return the schedule it ran.
+@dataclass
+class TrainingJob:
+    """One client's train message, ready to train: its data, batches and settings.
 
-    Adds the training loss and, under DP-SGD, the node's ε and noise multiplier to
-    ``metrics``.
+    What :func:`prepare_training` draws and :func:`finish_training` needs, so that the
+    ClientApp (one client at a time) and the vectorized trainer (a round's clients at
+    once, :mod:`clients.vectorized`) build the same replies and node states.
+    """
+
+    msg: Message
+    partition_id: int
+    spec: ModelSpec
+    #: the round's global weights (canonical layout)
+    received: list[np.ndarray]
+    x: np.ndarray
+    #: training labels (flipped for a ``label_flip`` attacker)
+    y: np.ndarray
+    #: the reply's metrics so far (training adds loss, privacy and compute)
+    metrics: MetricRecord
+    #: one optimizer step per row (:mod:`clients.schedule`)
+    schedule: np.ndarray
+    #: framework seed (dropout masks, seeded DP noise)
+    seed: int
+    #: DP-SGD's plan, or ``None`` without sample-level DP
+    dp: SampleDPPlan | None
+    secure: bool
+    #: FedProx's mu (0: none; never with DP-SGD)
+    proximal_mu: float
+    #: SCAFFOLD's c and c_i, and the gradient correction c - c_i (``None``: not SCAFFOLD)
+    control: list[np.ndarray] | None
+    own: list[np.ndarray] | None
+    correction: list[np.ndarray] | None
+    malicious: bool
+
+
+def prepare_training(cfg: Config, msg: Message, context: Context,
+                     trainer: Trainer) -> TrainingJob:
+    """Read train message ``msg`` for node ``context`` and draw its round's batches.
+
+    Loads the received weights into ``trainer`` (q-FFL's pre-training loss is taken on
+    them). The batch schedule comes from :func:`clients.schedule.client_randomness`
+    (seed, round, partition id): the same on every backend.
     """
     partition_id = int(context.node_config[wire.NODE_PARTITION_ID])
+    data = load_experiment_data(cfg).clients[partition_id]
+    spec = wire.model_spec_for(cfg)
+    received = wire.record_to_arrays(spec, msg.content[wire.ARRAYS])
+    trainer.set_weights(received)
+    config = msg.content[wire.CONFIG]
     server_round = int(config[wire.SERVER_ROUND])
+    malicious = partition_id in malicious_partitions(cfg)
+    labels = data.y_train
+    if malicious and cfg.attack.kind == "label_flip":
+        labels = flip_labels(labels, spec.num_classes)
+    metrics = MetricRecord({
+        wire.NUM_EXAMPLES: len(labels), wire.UNIT_WEIGHT: 1.0,
+        wire.PARTITION_ID: partition_id, wire.MALICIOUS: float(malicious),
+        wire.KERAS_CLIENT: float(client_framework(cfg, partition_id) == "keras")})
+    if config.get(wire.REPORT_PRE_TRAIN_LOSS, False):  # sent by q-FFL
+        metrics[wire.PRE_TRAIN_LOSS] = trainer.evaluate(data.x_train, labels)[0]
+    control = scaffold.server_control(msg.content, spec)
+    own = None if control is None else scaffold.client_control(context, spec)
     private = cfg.privacy.sample.enabled
     # privacy.noise = "secure": DP-SGD noise and batch membership from the OS's CSPRNG
     # (see clients.schedule.SecureRandom); without sample-level DP there is neither.
     secure = private and cfg.privacy.secure_rng
     rng, framework_seed = client_randomness(cfg.seed, server_round, partition_id,
                                             secure=secure)
-    n = len(y)
+    n = len(labels)
+    plan, mu = None, 0.0
     if private:
         plan = sample_dp_plan(cfg, n)
         schedule = (poisson_schedule(n, plan.sample_rate, plan.steps, rng) if plan.poisson
                     else batch_schedule(n, cfg.train, rng))
-        metrics[wire.TRAIN_LOSS] = trainer.fit(x, y, schedule, seed=framework_seed, dp=plan,
-                                               secure_rng=secure, correction=correction)
+    else:
+        schedule = batch_schedule(n, round_train_config(cfg, server_round, partition_id), rng)
+        mu = float(config.get(wire.PROXIMAL_MU, 0.0))  # sent by FedProx
+    return TrainingJob(
+        msg=msg, partition_id=partition_id, spec=spec, received=received, x=data.x_train,
+        y=labels, metrics=metrics, schedule=schedule, seed=framework_seed, dp=plan,
+        secure=secure, proximal_mu=mu, control=control, own=own,
+        correction=None if control is None else scaffold.correction(control, own),
+        malicious=malicious)
+
+
+def finish_training(cfg: Config, job: TrainingJob, context: Context,
+                    weights: list[np.ndarray], train_loss: float) -> Message:
+    """The reply to ``job``'s message after training ended at ``weights``; updates the
+    node's state (rounds and steps trained, DP accountant, SCAFFOLD's ``c_i``)."""
+    metrics = job.metrics
+    metrics[wire.TRAIN_LOSS] = train_loss
+    if job.dp is not None:
         metrics[wire.DP_EPSILON] = account_round(
-            context, plan, method=cfg.privacy.accountant, delta=cfg.privacy.delta)
-        metrics[wire.DP_NOISE_MULTIPLIER] = plan.noise_multiplier
-        return schedule
-    schedule = batch_schedule(n, round_train_config(cfg, server_round, partition_id), rng)
-    mu = float(config.get(wire.PROXIMAL_MU, 0.0))  # sent by FedProx
-    metrics[wire.TRAIN_LOSS] = trainer.fit(x, y, schedule, seed=framework_seed,
-                                           proximal_mu=mu, correction=correction)
-    return schedule
+            context, job.dp, method=cfg.privacy.accountant, delta=cfg.privacy.delta)
+        metrics[wire.DP_NOISE_MULTIPLIER] = job.dp.noise_multiplier
+    steps = len(job.schedule)
+    _record_progress(context, steps=steps)
+    metrics[wire.LOCAL_STEPS] = steps
+    metrics[wire.NORMALIZED_STEPS] = normalized_steps(cfg.train, steps)
+    metrics[wire.LOCAL_EXAMPLES] = int((job.schedule != PAD).sum())
+    content = RecordDict({wire.METRICS: metrics})
+    if job.control is not None:
+        updated = scaffold.updated_control(job.control, job.own, job.received, weights,
+                                           steps=metrics[wire.NORMALIZED_STEPS],
+                                           lr=cfg.train.lr)
+        scaffold.store_control(context, updated)
+        content[wire.CONTROL_DELTA] = scaffold.control_delta(updated, job.own)
+    if job.malicious:
+        server_round = int(job.msg.content[wire.CONFIG][wire.SERVER_ROUND])
+        weights = malicious_reply(cfg.attack, weights, job.received, seed=cfg.seed,
+                                  server_round=server_round, partition_id=job.partition_id)
+    content[wire.ARRAYS] = wire.to_record(weights)
+    return Message(content, reply_to=job.msg)
 
 
 def with_client_threads(cfg: Config):

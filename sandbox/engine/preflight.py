@@ -151,7 +151,7 @@ def _check_model_memory(cfg: Config, spec: ModelSpec) -> None:
 def _check_resources(cfg: Config) -> None:
     """Ray would wait forever for a client slot larger than the machine (a Ray started for
     the run; a cluster's resources, ``ray.address``, are the cluster's); a deployment's CA
-    file must exist."""
+    file must exist; the vectorized backend trains torch clients only."""
     if cfg.backend == "ray" and not cfg.ray.address:
         from sandbox.engine.runtime.ray_backend import local_gpus
 
@@ -165,6 +165,11 @@ def _check_resources(cfg: Config) -> None:
                     f"ray.{key}={wanted:g} exceeds the {have} {unit}(s) of this machine: no "
                     f"client could ever be scheduled; allowed: 0 <= x <= {have} (or a "
                     "cluster with ray.address)")
+    if cfg.backend == "vectorized" and cfg.framework != "torch":
+        raise ConfigError(
+            f"backend = 'vectorized' trains torch clients only, not framework = "
+            f"'{cfg.framework}'; allowed: framework = 'torch', or backend = 'inline', 'pool' "
+            "or 'ray' for Keras and mixed federations")
     certificates = cfg.deployment.root_certificates
     if cfg.backend == "deployment" and certificates and not Path(certificates).is_file():
         raise ConfigError(f"deployment.root_certificates = '{certificates}': no such file "

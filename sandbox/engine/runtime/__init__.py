@@ -1,6 +1,8 @@
-"""Runtime backends: ``inline`` (in-process Grid, default) and ``ray`` (Flower simulation).
+"""Runtime backends: ``inline`` (in-process Grid, default), ``vectorized`` (inline with a
+round's clients trained as one batch), ``pool`` (worker processes) and ``ray`` (Flower
+simulation).
 
-Both run the same ``ServerApp`` (``sandbox.engine.server``) and ``ClientApp``
+All run the same ``ServerApp`` (``sandbox.engine.server``) and ``ClientApp``
 (``clients.app``). Flower is imported only when a run starts. Both apps set the
 configured thread counts themselves (:mod:`clients.threads`), so a backend needs no thread
 set-up of its own; :func:`reserve_threads` checks before a run that its process can.
@@ -28,7 +30,8 @@ def run_federation(cfg: Config, observer: RoundObserver,
                    resume: Checkpoint | None = None) -> None:
     """Run experiment ``cfg`` on ``cfg.backend``; results arrive through ``observer``.
 
-    ``resume`` continues a checkpointed run (inline backend: node states restored).
+    ``resume`` continues a checkpointed run (inline, vectorized and pool backends: node
+    states restored).
     """
     import logging
 
@@ -43,12 +46,18 @@ def run_federation(cfg: Config, observer: RoundObserver,
 
         run_inline(server_app, client_app, cfg.data.num_clients,
                    states=None if resume is None else resume.node_states)
+    elif cfg.backend == "vectorized":  # node states live in the grid, as on inline
+        from sandbox.engine.runtime.vectorized import run_vectorized
+
+        run_vectorized(server_app, client_app, cfg,
+                       states=None if resume is None else resume.node_states)
     elif cfg.backend == "pool":  # node states live in this process, as on inline
         from sandbox.engine.runtime.pool import run_pool
 
         run_pool(server_app, cfg, states=None if resume is None else resume.node_states)
     elif resume is not None:
-        raise ValueError(f"resuming needs backend 'inline', not '{cfg.backend}'")
+        raise ValueError(f"resuming needs backend 'inline', 'vectorized' or 'pool', not "
+                         f"'{cfg.backend}'")
     elif cfg.backend == "ray":
         from sandbox.engine.runtime.ray_backend import run_ray
 

@@ -1,0 +1,306 @@
+"""Vectorized clients: a round's torch clients trained as one batched computation.
+
+Every client of a round shares the architecture, so their local training is one program
+over stacked parameters: ``torch.func.functional_call`` runs the model with a client's
+parameters and ``torch.func.vmap`` maps that over the clients (the batching of
+per-model computations of Horace He and Richard Zou's functorch, now ``torch.func``).
+Each client keeps what the ClientApp gives it (:func:`clients.app.prepare_training`):
+its own seeded batch schedule, drawn exactly as the sequential trainer draws it, its
+FedProx anchor, SCAFFOLD correction, DP-SGD plan and noise stream. Clients with fewer
+examples per batch or fewer steps are masked: a padded example weighs 0 in its loss, a
+step past a client's last leaves its parameters and momentum unchanged. The replies and
+node states are then built by :func:`clients.app.finish_training`, as the ClientApp
+builds them, so strategies, metrics and the privacy ledger see ordinary replies.
+
+What is vectorized: torch clients with plain SGD (with or without momentum), FedProx's
+proximal term (McMahan et al. 2017 FedAvg's local SGD; Li et al. 2020, "Federated
+Optimization in Heterogeneous Networks", MLSys), SCAFFOLD's correction (Karimireddy et
+al. 2020, ICML), sample-level DP-SGD (Abadi et al. 2016, "Deep Learning with Differential
+Privacy", CCS: per-example gradients by a ``vmap`` of ``grad`` over the batch, clipped as
+Opacus clips, the same seeded noise draws per client, step and parameter as
+:mod:`clients.torch_dp`), attacks, client-side clipping mods and q-FFL's pre-training
+loss. :func:`unsupported` names what is not (the caller runs those clients one by one).
+
+Float tolerance: the batched kernels sum in another order than the sequential ones
+(a masked mean over the padded batch instead of a mean over the real rows; per-example
+gradient norms from ``vmap(grad)`` instead of ghost norms), so weights differ from the
+sequential trainer's in the last bits of float32 per step (measured: relative 1e-6
+after a round; tests/test_vectorized.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad_and_value, vmap
+from torch.nn import functional as F
+
+from clients.app import finish_training, prepare_training
+from clients.dp import client_mods
+from clients.schedule import PAD
+from clients.threads import framework_threads
+from clients.torch_dp import CLIP_EPS
+from clients.torch_trainer import build_module, from_torch_layout, to_torch_layout
+from clients.trainer import get_trainer
+from sandbox.core import wire
+from sandbox.core.faults import injected_delay, injected_failure
+from sandbox.core.privacy.noise import gaussian
+
+if TYPE_CHECKING:
+    from flwr.app import Context, Message
+
+    from clients.app import TrainingJob
+    from sandbox.core.config import Config, TrainConfig
+    from sandbox.core.models import ModelSpec
+
+#: the seeded DP noise stream's tag (as clients.torch_dp)
+_NOISE_TAG = 0x5EED
+
+
+def unsupported(cfg: Config) -> str | None:
+    """Why ``cfg``'s clients cannot be trained as one batched computation, or ``None``."""
+    if cfg.framework != "torch":
+        return f"framework = '{cfg.framework}' (vectorized clients are torch only)"
+    if cfg.train.optimizer != "sgd":
+        return f"train.optimizer = '{cfg.train.optimizer}' (vectorized: 'sgd' only)"
+    if cfg.model.dropout:
+        return "model.dropout > 0 (dropout masks are drawn per client, one by one)"
+    return None
+
+
+def train_round(cfg: Config, calls: list[tuple[Message, Context]]) -> list[Message | None]:
+    """Replies to a round's train messages, trained together; ``None`` for a message the
+    ClientApp must handle itself (an injected fault or delay, a config :func:`unsupported`
+    rejects, a client whose message cannot be read).
+
+    Each node's ``Context.state`` is updated as the ClientApp updates it.
+    """
+    replies: list[Message | None] = [None] * len(calls)
+    if unsupported(cfg) is not None:
+        return replies
+    spec = wire.model_spec_for(cfg)
+    with framework_threads("torch", cfg.runtime.threads_per_client):
+        trainer = get_trainer("torch", spec, cfg.train, private=cfg.privacy.sample.enabled)
+        jobs: dict[int, TrainingJob] = {}
+        for i, (msg, context) in enumerate(calls):
+            if _needs_client_app(cfg, msg, context):
+                continue
+            try:
+                jobs[i] = prepare_training(cfg, msg, context, trainer)
+            except Exception:  # noqa: BLE001 - the ClientApp replies with the failure
+                continue
+        if not jobs:
+            return replies
+        results = fit_clients(spec, cfg.train, list(jobs.values()))
+        mods = client_mods(cfg.privacy.client.mode)
+        for (i, job), (weights, loss) in zip(jobs.items(), results, strict=True):
+            msg, context = calls[i]
+            reply = finish_training(cfg, job, context, weights, loss)
+            replies[i] = _through_mods(mods, msg, context, reply)
+    return replies
+
+
+def _needs_client_app(cfg: Config, msg: Message, context: Context) -> bool:
+    """Injected faults and delays happen in the ClientApp (its failure replies, timeouts)."""
+    pid = int(context.node_config[wire.NODE_PARTITION_ID])
+    try:
+        server_round = int(msg.content[wire.CONFIG][wire.SERVER_ROUND])
+    except (KeyError, TypeError, ValueError):
+        return True
+    return bool(injected_delay(cfg, pid)) or \
+        injected_failure(cfg, server_round, pid, "train") is not None
+
+
+def _through_mods(mods: list, msg: Message, context: Context, reply: Message) -> Message:
+    """``reply`` passed through the ClientApp's mods (client-side clipping), outermost first,
+    as Flower's ClientApp applies them around its handler."""
+    def handler(_msg, _context):
+        return reply
+
+    for mod in reversed(mods):
+        handler = _wrapped(mod, handler)
+    return handler(msg, context)
+
+
+def _wrapped(mod, inner):
+    def call(msg: Message, context: Context) -> Message:
+        return mod(msg, context, inner)
+
+    return call
+
+
+def fit_clients(spec: ModelSpec, train: TrainConfig,
+                jobs: list[TrainingJob]) -> list[tuple[list[np.ndarray], float]]:
+    """Train ``jobs`` (one per client, same ``spec``) together; each client's final
+    weights (canonical layout) and mean training loss, as ``TorchTrainer.fit`` returns
+    them."""
+    module = build_module(spec)
+    names = [name for name, _ in module.named_parameters()]
+    # float32 as the module's own parameters (FedAdam's server sends float64 arrays)
+    params = {name: torch.from_numpy(np.stack([to_torch_layout(job.received[i])
+                                               for job in jobs]).astype(np.float32))
+              for i, name in enumerate(names)}
+    batches = _Batches(jobs)
+    private = jobs[0].dp is not None
+    step = (_dp_step if private else _sgd_step)(module, jobs, batches, params)
+    corrections = _stacked_corrections(jobs, names)
+    momentum, lr = train.momentum, train.lr
+    buffers = {name: torch.zeros_like(p) for name, p in params.items()}
+    losses = []
+    for s in range(batches.steps):
+        active = batches.active[:, s]
+        grads, loss = step(params, s)
+        losses.append(loss)
+        for name in names:
+            g = grads[name]
+            if corrections:  # SCAFFOLD: g + c - c_i (after DP's clipping and noise)
+                g = g + corrections[name]
+            buf = buffers[name] * momentum + g if momentum else g
+            shape = (-1,) + (1,) * (g.dim() - 1)
+            mask = active.reshape(shape)
+            buffers[name] = torch.where(mask, buf, buffers[name])
+            params[name] = torch.where(mask, torch.add(params[name], buf, alpha=-lr),
+                                       params[name])
+    weights = [[np.array(from_torch_layout(params[name][k].numpy()), order="C", copy=True)
+                for name in names] for k in range(len(jobs))]
+    return list(zip(weights, batches.mean_losses(losses, private=private), strict=True))
+
+
+class _Batches:
+    """The clients' schedules as one padded index tensor ``(clients, steps, width)``."""
+
+    def __init__(self, jobs: list[TrainingJob]) -> None:
+        count = len(jobs)
+        self.rows = torch.tensor([len(job.schedule) for job in jobs])
+        self.steps = int(self.rows.max())
+        width = max(job.schedule.shape[1] for job in jobs)
+        examples = max(len(job.y) for job in jobs)
+        index = np.zeros((count, self.steps, width), np.int64)
+        real = np.zeros((count, self.steps, width), bool)
+        x = np.zeros((count, examples, *jobs[0].x.shape[1:]), jobs[0].x.dtype)
+        y = np.zeros((count, examples), np.int64)
+        for k, job in enumerate(jobs):
+            rows, cols = job.schedule.shape
+            index[k, :rows, :cols] = np.where(job.schedule == PAD, 0, job.schedule)
+            real[k, :rows, :cols] = job.schedule != PAD
+            x[k, :len(job.y)] = job.x
+            y[k, :len(job.y)] = job.y
+        self.index, self.real = torch.from_numpy(index), torch.from_numpy(real)
+        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
+        self.weight = self.real.to(self.x.dtype)
+        self.active = torch.arange(self.steps)[None, :] < self.rows[:, None]
+        self._clients = torch.arange(count)[:, None]
+
+    def at(self, s: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step ``s``'s inputs ``(clients, width, ...)``, labels and example weights."""
+        idx = self.index[:, s]
+        return self.x[self._clients, idx], self.y[self._clients, idx], self.weight[:, s]
+
+    def mean_losses(self, losses: list[torch.Tensor], *, private: bool) -> list[float]:
+        """Each client's mean step loss, as the sequential trainers compute it."""
+        if not private:  # a float32 running sum over the client's steps
+            total = torch.zeros(len(self.rows))
+            for s, loss in enumerate(losses):
+                total += torch.where(self.active[:, s], loss, torch.zeros(()))
+            return [float(t) / max(int(r), 1) for t, r in zip(total, self.rows, strict=True)]
+        sizes = self.real.sum(2)  # DP: the mean of (summed loss / batch) over non-empty steps
+        means = []
+        for k, rows in enumerate(self.rows.tolist()):
+            parts = [float(losses[s][k]) / int(sizes[k, s]) for s in range(rows)
+                     if sizes[k, s]]
+            means.append(sum(parts) / max(len(parts), 1))
+        return means
+
+
+def _sgd_step(module: torch.nn.Module, jobs: list[TrainingJob], batches: _Batches,
+              start: dict[str, torch.Tensor]):
+    """Step function: every client's mean-loss gradient (plus FedProx's mu (w - w_start))."""
+    mu = torch.tensor([job.proximal_mu for job in jobs], dtype=torch.float32)
+    anchors = dict(start) if bool(mu.any()) else None  # the tensors are never mutated
+
+    def client_loss(p, x, y, weight):
+        logits = functional_call(module, p, (x,))
+        per_example = F.cross_entropy(logits, y, reduction="none")
+        return (per_example * weight).sum() / weight.sum().clamp(min=1.0)
+
+    batched = vmap(grad_and_value(client_loss))
+
+    def step(params: dict, s: int):
+        grads, loss = batched(params, *batches.at(s))
+        if anchors is not None:  # FedProx (Li et al. 2020): d/dw (mu/2)||w - w_start||^2
+            for name, g in grads.items():
+                scale = mu.reshape((-1,) + (1,) * (g.dim() - 1))
+                grads[name] = g + (params[name] - anchors[name]) * scale
+        return grads, loss.detach()
+
+    return step
+
+
+def _dp_step(module: torch.nn.Module, jobs: list[TrainingJob], batches: _Batches,
+             start: dict[str, torch.Tensor]):
+    """Step function: every client's clipped per-example gradient sum plus its noise, over
+    its expected batch size (DP-SGD as :func:`clients.torch_dp.fit_private`)."""
+    max_norm = torch.tensor([job.dp.max_grad_norm for job in jobs], dtype=torch.float32)
+    expected = torch.tensor([float(job.dp.expected_batch) for job in jobs])
+
+    def example_loss(p, x, y):
+        logits = functional_call(module, p, (x.unsqueeze(0),))
+        return F.cross_entropy(logits, y.unsqueeze(0), reduction="sum")
+
+    per_example = vmap(grad_and_value(example_loss), in_dims=(None, 0, 0))
+
+    def clipped_sum(p, x, y, weight, norm):
+        g, losses = per_example(p, x, y)
+        squared = sum(t.flatten(1).square().sum(1) for t in g.values())
+        factor = (norm / (squared.sqrt() + CLIP_EPS)).clamp(max=1.0) * weight
+        return {name: torch.tensordot(factor, t, 1) for name, t in g.items()}, \
+            (losses * weight).sum()
+
+    batched = vmap(clipped_sum)
+    noise = _noise(module, jobs, batches.steps)
+
+    def step(params: dict, s: int):
+        x, y, weight = batches.at(s)
+        sums, loss = batched(params, x, y, weight, max_norm)
+        grads = {}
+        for name, summed in sums.items():
+            scale = expected.reshape((-1,) + (1,) * (summed.dim() - 1))
+            grads[name] = (summed + noise[name][:, s]) / scale
+        return grads, loss.detach()
+
+    return step
+
+
+def _noise(module: torch.nn.Module, jobs: list[TrainingJob],
+           steps: int) -> dict[str, torch.Tensor]:
+    """Each client's DP noise ``(clients, steps, *shape)`` per parameter, drawn in the
+    sequential trainer's order (step by step, parameters in module order)."""
+    shapes = {name: tuple(p.shape) for name, p in module.named_parameters()}
+    noise = {name: torch.zeros((len(jobs), steps, *shape)) for name, shape in shapes.items()}
+    for k, job in enumerate(jobs):
+        std = job.dp.noise_multiplier * job.dp.max_grad_norm
+        generator = None if job.secure else torch.Generator().manual_seed(job.seed ^ _NOISE_TAG)
+        for s in range(len(job.schedule)):
+            for name, shape in shapes.items():
+                noise[name][k, s] = (torch.from_numpy(gaussian(shape, std, None))
+                                     if job.secure else
+                                     torch.normal(0.0, std, shape, generator=generator))
+    return noise
+
+
+def _stacked_corrections(jobs: list[TrainingJob], names: list[str]) -> dict[str, torch.Tensor]:
+    """SCAFFOLD's ``c - c_i`` per parameter, stacked over clients (empty: no SCAFFOLD)."""
+    if all(job.correction is None for job in jobs):
+        return {}
+    stacked = {}
+    for i, name in enumerate(names):
+        rows = []
+        for job in jobs:
+            if job.correction is None:  # a client without SCAFFOLD in a SCAFFOLD round
+                rows.append(np.zeros_like(to_torch_layout(job.received[i])))
+            else:
+                rows.append(np.ascontiguousarray(to_torch_layout(job.correction[i])))
+        stacked[name] = torch.from_numpy(np.stack(rows))
+    return stacked
