@@ -20,6 +20,9 @@ torch, TensorFlow, Keras or Flower; each function imports what it needs.
     A round's train messages ``(message, node context)`` trained as one batched torch
     computation (``backend = "vectorized"``), replies built as the ClientApp builds them;
     ``None`` where the ClientApp must answer (:mod:`clients.vectorized`).
+``meter_updates(cfg)``
+    Wall time, steps and peak RSS of every client update this process runs (measurements:
+    ``fedsandbox compare-frameworks``).
 ``framework_threads(framework, count)``, ``tensorflow_threads(count)``, ``ThreadsUnavailable``
     Thread counts of the server's framework work (``runtime.server_threads``); for a
     ``"mixed"`` federation that is torch, as its evaluator.
@@ -90,6 +93,12 @@ def framework_model(framework: str, spec: ModelSpec, weights: list[np.ndarray]):
     raise ValueError(f"unknown framework '{framework}'; allowed: torch, keras")
 
 
+def meter_updates(cfg: Config) -> list[dict]:
+    from clients.meter import meter_updates as meter
+
+    return meter(cfg)
+
+
 def run_audits(cfg: Config, spec: ModelSpec, weights: list[np.ndarray]) -> dict:
     from clients.audit import run_audits as audits
 
@@ -113,5 +122,5 @@ def training_batches(cfg: Config, server_round: int, partition_id: int,
 
 
 __all__ = ["ThreadsUnavailable", "framework_model", "framework_threads", "get_evaluator",
-           "make_client_app", "run_audits", "tensorflow_threads", "train_vectorized",
-           "training_batches", "vectorized_unsupported"]
+           "make_client_app", "meter_updates", "run_audits", "tensorflow_threads",
+           "train_vectorized", "training_batches", "vectorized_unsupported"]

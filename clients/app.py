@@ -65,8 +65,9 @@ def make_client_app(cfg: Config) -> ClientApp:
         partition_id = int(context.node_config[wire.NODE_PARTITION_ID])
         data = load_experiment_data(cfg).clients[partition_id]
         spec = wire.model_spec_for(cfg)
-        trainer = get_trainer(client_framework(cfg, partition_id), spec, cfg.train,
-                              private=private)
+        framework = client_framework(cfg, partition_id)
+        trainer = get_trainer(framework, spec, cfg.train, private=private,
+                              mode=execution_mode(cfg, framework))
         return partition_id, data, spec, trainer
 
     # Client-side clipping applies to training replies only (evaluate and query messages
@@ -219,6 +220,11 @@ def finish_training(cfg: Config, job: TrainingJob, context: Context,
                                   server_round=server_round, partition_id=job.partition_id)
     content[wire.ARRAYS] = wire.to_record(weights)
     return Message(content, reply_to=job.msg)
+
+
+def execution_mode(cfg: Config, framework: str) -> str:
+    """How ``framework``'s training steps run (``runtime.torch_mode`` / ``keras_mode``)."""
+    return cfg.runtime.torch_mode if framework == "torch" else cfg.runtime.keras_mode
 
 
 def with_client_threads(cfg: Config):

@@ -2,6 +2,11 @@
 
 Local training runs as one compiled ``tf.function`` per call: the loop over the batch
 schedule is a graph ``while`` loop, so a round of local steps costs one Python call.
+``runtime.keras_mode`` changes how the training steps execute: ``"graph"`` (that
+``tf.function``, the default), ``"eager"`` (the same Python code op by op, as Keras'
+``run_eagerly=True``) or ``"xla"`` (``tf.function(jit_compile=True)``: XLA compiles the
+whole loop, once per distinct input shape, i.e. per client data size and schedule shape).
+Evaluation (``logits``) is a ``tf.function`` in every mode.
 
 DP-SGD (Abadi et al. 2016) runs in the same kind of loop: per-example gradients come
 from one batched backward pass (``clients.keras_dp``, the layer-wise trick Opacus uses),
@@ -69,6 +74,26 @@ def build_model(spec: ModelSpec, weights: list[np.ndarray] | None = None) -> ker
     return model
 
 
+#: ``runtime.keras_mode`` values: how the training steps execute
+KERAS_MODES = ("graph", "eager", "xla")
+
+
+def _step_function(fn, signature: list[tf.TensorSpec], mode: str):
+    """``fn`` as a ``tf.function`` (``"graph"``), an XLA-compiled one (``"xla"``) or eager.
+
+    Eager calls convert their arguments as the signature would, so every mode gets the
+    same dtypes.
+    """
+    if mode != "eager":
+        return tf.function(fn, input_signature=signature, jit_compile=mode == "xla")
+
+    def eager(*args):
+        return fn(*(tf.convert_to_tensor(arg, dtype=spec.dtype)
+                    for arg, spec in zip(args, signature, strict=True)))
+
+    return eager
+
+
 def _optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
     if cfg.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=cfg.lr)
@@ -78,7 +103,11 @@ def _optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
 class KerasTrainer:
     """Local training of a Keras model (see :class:`clients.trainer.Trainer`)."""
 
-    def __init__(self, spec: ModelSpec, cfg: TrainConfig, *, private: bool = False) -> None:
+    def __init__(self, spec: ModelSpec, cfg: TrainConfig, *, private: bool = False,
+                 mode: str = "graph") -> None:
+        if mode not in KERAS_MODES:
+            raise ValueError(f"unknown Keras mode '{mode}'; allowed: {', '.join(KERAS_MODES)}")
+        self.mode = mode
         self.spec = spec
         self.private = private
         self.model = build_model(spec)
@@ -104,22 +133,25 @@ class KerasTrainer:
         self._corrected = False
         signature = [x_spec, y_spec, tf.TensorSpec((None, None), tf.int64),
                      tf.TensorSpec((), tf.float32)]
-        self._train = tf.function(functools.partial(self._train_steps, proximal=False),
-                                  input_signature=signature)
-        self._train_proximal = tf.function(functools.partial(self._train_steps, proximal=True),
-                                           input_signature=signature)
+        self._train = _step_function(functools.partial(self._train_steps, proximal=False),
+                                     signature, mode)
+        self._train_proximal = _step_function(
+            functools.partial(self._train_steps, proximal=True), signature, mode)
         scalar = tf.TensorSpec((), tf.float32)
-        self._private_train = tf.function(
+        self._private_train = _step_function(
             self._seeded_private_steps,
-            input_signature=[x_spec, y_spec, signature[2], scalar, scalar, scalar,
-                             tf.TensorSpec((), tf.int64)],
+            [x_spec, y_spec, signature[2], scalar, scalar, scalar, tf.TensorSpec((), tf.int64)],
+            mode,
         )
-        self._secure_private_train = tf.function(
+        self._secure_private_train = _step_function(
             self._secure_private_steps,
-            input_signature=[x_spec, y_spec, signature[2],
-                             tf.TensorSpec((None, self._num_weights), tf.float32), scalar,
-                             scalar],
+            [x_spec, y_spec, signature[2], tf.TensorSpec((None, self._num_weights), tf.float32),
+             scalar, scalar],
+            mode,
         )
+        int64 = tf.TensorSpec((), tf.int64)
+        self._seeded_noise = tf.function(self._draw_seeded_noise,
+                                         input_signature=[int64, int64, int64, scalar])
         self._logits = tf.function(
             lambda x: self.model(x, training=False), input_signature=[x_spec]
         )
@@ -224,21 +256,38 @@ class KerasTrainer:
         return self._private_steps(x, y, schedule, gradient)
 
     def _fit_secure(self, x: np.ndarray, y: np.ndarray, schedule: np.ndarray,
-                    dp: SampleDPPlan) -> tf.Tensor:
-        """DP-SGD with noise from the OS's CSPRNG, drawn before each compiled call.
+                    dp: SampleDPPlan, *, seed: int | None = None) -> tf.Tensor:
+        """DP-SGD with noise drawn before each compiled call and fed to it.
 
-        The rows go in chunks of about 2^20 noise values (4 MB of float32; the float64
-        draws behind them peak near 100 MB), one compiled call per chunk.
+        The noise comes from the OS's CSPRNG, or with ``seed`` from the same seeded
+        stateless draws as the in-loop path (XLA implements ``stateless_normal``
+        differently, so ``keras_mode = "xla"`` draws it outside the compiled loop). The
+        rows go in chunks of about 2^20 noise values (4 MB of float32; the float64 draws
+        behind them peak near 100 MB), one compiled call per chunk.
         """
         std = dp.noise_multiplier * dp.max_grad_norm
         rows = max(1, (1 << 20) // self._num_weights)
         sums = tf.zeros(2)
         for start in range(0, len(schedule), rows):
             chunk = schedule[start : start + rows]
-            noise = gaussian((len(chunk), self._num_weights), std, None).astype(np.float32)
+            if seed is None:
+                noise = gaussian((len(chunk), self._num_weights), std, None).astype(np.float32)
+            else:
+                noise = self._seeded_noise(np.int64(start), np.int64(len(chunk)),
+                                           np.int64(seed), np.float32(std))
             sums += self._secure_private_train(x, y, chunk, noise, np.float32(dp.max_grad_norm),
                                                np.float32(dp.expected_batch))
         return sums
+
+    def _draw_seeded_noise(self, start, rows, seed, std):
+        """The noise rows ``start .. start + rows - 1`` of the seeded in-loop path."""
+        def row_noise(row):
+            step_seed = seed * 1_000_003 + row
+            return tf.random.stateless_normal(
+                (self._num_weights,), seed=tf.stack([step_seed, tf.constant(0, tf.int64)]),
+                stddev=std)
+
+        return tf.map_fn(row_noise, tf.range(start, start + rows), fn_output_signature=tf.float32)
 
     def _reset_state(self, seed: int) -> None:
         # A fresh optimizer each round (as FedAvg clients do) without retracing the step.
@@ -254,6 +303,8 @@ class KerasTrainer:
             raise ValueError("a private trainer needs a DP plan, a plain one must not get one")
         self._reset_state(seed)
         self._set_correction(correction)
+        if self.mode == "xla":
+            schedule = _pad_width(schedule)
         if dp is None and not proximal_mu:
             return float(self._train(x, y, schedule, np.float32(0.0)))
         if dp is None:
@@ -261,8 +312,9 @@ class KerasTrainer:
                                         strict=True):
                 anchor.assign(variable)
             return float(self._train_proximal(x, y, schedule, np.float32(proximal_mu)))
-        if secure_rng:
-            total, nonempty = self._fit_secure(x, y, schedule, dp).numpy()
+        if secure_rng or self.mode == "xla":
+            total, nonempty = self._fit_secure(
+                x, y, schedule, dp, seed=None if secure_rng else seed).numpy()
         else:
             total, nonempty = self._private_train(
                 x, y, schedule, np.float32(dp.noise_multiplier * dp.max_grad_norm),
@@ -281,6 +333,20 @@ class KerasTrainer:
     def logits(self, x: np.ndarray) -> np.ndarray:
         parts = [self._logits(x[s : s + 4096]).numpy() for s in range(0, len(x), 4096)]
         return np.concatenate(parts) if parts else np.zeros((0, self.spec.num_classes))
+
+
+def _pad_width(schedule: np.ndarray) -> np.ndarray:
+    """``schedule`` padded with :data:`PAD` to a power-of-two width (same steps, same values).
+
+    XLA compiles once per input shape; Poisson batches give every round a new width.
+    """
+    width = schedule.shape[1] if schedule.ndim == 2 else 0
+    bucket = 1 << max(width - 1, 0).bit_length()
+    if schedule.ndim != 2 or bucket == width:
+        return schedule
+    padded = np.full((schedule.shape[0], bucket), PAD, dtype=schedule.dtype)
+    padded[:, :width] = schedule
+    return padded
 
 
 def _add_noise(sums: list[tf.Tensor], noise: tf.Tensor,

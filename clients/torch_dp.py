@@ -82,44 +82,65 @@ def _conv_per_example(layer: nn.Module, a: torch.Tensor, b: torch.Tensor) -> tor
 
 
 def clipped_gradient_sum(module: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                         max_norm: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Summed loss of the batch and ``Σ_i clip(g_i)`` per parameter (module order)."""
+                         max_norm: float, *, clip_sum=None
+                         ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Summed loss of the batch and ``Σ_i clip(g_i)`` per parameter (module order).
+
+    ``clip_sum`` is :func:`clip_and_sum` (the default) or a compiled version of it: the
+    forward and backward pass stay eager, because the gradients with respect to the
+    layers' outputs cannot be taken across a compiled graph.
+    """
     logits, taps = _forward(module, x)
     loss = F.cross_entropy(logits, y, reduction="sum")
     outputs = torch.autograd.grad(loss, [out for _, _, out in taps])
-    batch = x.shape[0]
-    squared = torch.zeros(batch)
+    layers = [layer for layer, _, _ in taps]
+    sums = (clip_sum or clip_and_sum)(layers, [a.detach() for _, a, _ in taps],
+                                      [b.detach() for b in outputs], max_norm)
+    by_param: dict[nn.Parameter, torch.Tensor] = {}
+    for layer, (weight, bias) in zip(layers, sums, strict=True):
+        by_param[layer.weight], by_param[layer.bias] = weight, bias
+    return loss.detach(), [by_param[p] for p in module.parameters()]
+
+
+def clip_and_sum(layers: list[nn.Module], inputs: list[torch.Tensor],
+                 output_grads: list[torch.Tensor], max_norm: float
+                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the clipped sums of the weight and bias gradients over the batch.
+
+    ``inputs`` are the layers' inputs ``a``, ``output_grads`` the gradients ``b`` of the
+    summed loss with respect to their outputs.
+    """
+    batch = inputs[0].shape[0]
+    squared = torch.zeros(batch, dtype=inputs[0].dtype)
     per_layer = []
-    for (layer, a, _), b in zip(taps, outputs, strict=True):
-        a, b = a.detach(), b.detach()
+    for layer, a, b in zip(layers, inputs, output_grads, strict=True):
         if isinstance(layer, nn.Linear):
             b_sq = b.square().sum(1)
-            squared += a.square().sum(1) * b_sq + b_sq
-            per_layer.append((layer, a, b, None))
+            squared = squared + a.square().sum(1) * b_sq + b_sq
+            per_layer.append((a, b, None))
         else:
             weight = _conv_per_example(layer, a, b)
             bias = b.flatten(2).sum(2)
-            squared += weight.flatten(1).square().sum(1) + bias.square().sum(1)
-            per_layer.append((layer, a, bias, weight))
+            squared = squared + weight.flatten(1).square().sum(1) + bias.square().sum(1)
+            per_layer.append((a, bias, weight))
     factor = (max_norm / (squared.sqrt() + CLIP_EPS)).clamp(max=1.0)
-    sums: dict[nn.Parameter, torch.Tensor] = {}
-    for layer, a, b, weight in per_layer:
+    sums = []
+    for a, b, weight in per_layer:
         scaled = b * factor[:, None]
-        if weight is None:
-            sums[layer.weight] = scaled.T @ a
-        else:
-            sums[layer.weight] = torch.tensordot(factor, weight, 1)
-        sums[layer.bias] = scaled.sum(0)
-    return loss.detach(), [sums[p] for p in module.parameters()]
+        summed = scaled.T @ a if weight is None else torch.tensordot(factor, weight, 1)
+        sums.append((summed, scaled.sum(0)))
+    return sums
 
 
 def fit_private(module: nn.Module, optimizer: torch.optim.Optimizer, x: np.ndarray,
                 y: np.ndarray, schedule: np.ndarray, *, dp: SampleDPPlan, seed: int,
-                secure_rng: bool, offsets: list[torch.Tensor]) -> float:
+                secure_rng: bool, offsets: list[torch.Tensor],
+                clipped_sum=clipped_gradient_sum) -> float:
     """One round of DP-SGD (one step per schedule row); the mean loss of non-empty steps.
 
     ``offsets`` (SCAFFOLD's ``c - c_i``) are added to the privatized gradient
-    (post-processing), before the optimizer step.
+    (post-processing), before the optimizer step. ``clipped_sum`` is
+    :func:`clipped_gradient_sum` or a compiled version of it (``runtime.torch_mode``).
     """
     params = list(module.parameters())
     std = dp.noise_multiplier * dp.max_grad_norm
@@ -130,7 +151,7 @@ def fit_private(module: nn.Module, optimizer: torch.optim.Optimizer, x: np.ndarr
     for row in torch.from_numpy(schedule):
         idx = row[row != PAD]
         if len(idx):
-            loss, sums = clipped_gradient_sum(module, xt[idx], yt[idx], dp.max_grad_norm)
+            loss, sums = clipped_sum(module, xt[idx], yt[idx], dp.max_grad_norm)
             total += float(loss) / len(idx)
             nonempty += 1
         else:  # an empty Poisson batch: noise only

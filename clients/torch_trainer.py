@@ -9,12 +9,21 @@ accountant lives with the client's node state (``clients.dp``), not in a
 :func:`os.urandom` (``privacy.noise = "secure"``, the default), or from a torch generator
 seeded per client and round (``"seeded"``).
 
+``mode = "compile"`` (``runtime.torch_mode``) runs each training step's forward and
+backward pass through ``torch.compile`` (TorchInductor, dynamic batch shapes); under
+DP-SGD only the per-example clipping arithmetic is compiled (the forward and backward pass
+stay eager: :func:`clients.torch_dp.clipped_gradient_sum`). The optimizer step and
+evaluation stay eager. Compiled kernels fuse
+and reorder float operations, so losses differ from eager mode in the last bits.
+
 Inputs arrive channels-last (the canonical data layout); the module moves channels first
 for its convolutions and back to channels-last before flattening, so the flattened
 features, and hence the dense weights, line up with the Keras model.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -101,12 +110,27 @@ def load_weights(module: nn.Module, weights: list[np.ndarray]) -> None:
 class TorchTrainer:
     """Local SGD/Adam training of a ``SpecModule`` (see :class:`clients.trainer.Trainer`)."""
 
-    def __init__(self, spec: ModelSpec, cfg: TrainConfig, *, private: bool = False) -> None:
+    def __init__(self, spec: ModelSpec, cfg: TrainConfig, *, private: bool = False,
+                 mode: str = "eager") -> None:
+        from clients.torch_dp import clip_and_sum, clipped_gradient_sum
+
+        if mode not in ("eager", "compile"):
+            raise ValueError(f"unknown torch mode '{mode}'; allowed: eager, compile")
         self.spec = spec
         self.cfg = cfg
         self.module = build_module(spec)
         self.loss_fn = nn.CrossEntropyLoss()
         self.private = private
+        self.mode = mode
+        self._batch_loss = self._eager_batch_loss
+        self._clipped_sum = clipped_gradient_sum
+        if mode == "compile":
+            self._batch_loss = torch.compile(self._eager_batch_loss, dynamic=True)
+            self._clipped_sum = functools.partial(
+                clipped_gradient_sum, clip_sum=torch.compile(clip_and_sum, dynamic=True))
+
+    def _eager_batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.module(x), y)
 
     def get_weights(self) -> list[np.ndarray]:
         """Copies in the canonical layout (never views of the live parameters)."""
@@ -150,7 +174,7 @@ class TorchTrainer:
         for row in torch.from_numpy(schedule):
             idx = row[row != PAD]  # the last batch of an epoch may be partial
             optimizer.zero_grad(set_to_none=True)
-            loss = self.loss_fn(self.module(xt[idx]), yt[idx])
+            loss = self._batch_loss(xt[idx], yt[idx])
             objective = loss
             if proximal_mu:  # FedProx (Li et al. 2020): (mu/2) ||w - w_global||^2
                 objective = loss + proximal_mu / 2 * sum(
@@ -170,7 +194,8 @@ class TorchTrainer:
         from clients.torch_dp import fit_private
 
         return fit_private(self.module, self._optimizer(), x, y, schedule, dp=dp, seed=seed,
-                           secure_rng=secure_rng, offsets=offsets)
+                           secure_rng=secure_rng, offsets=offsets,
+                           clipped_sum=self._clipped_sum)
 
     @torch.no_grad()
     def logits(self, x: np.ndarray) -> np.ndarray:

@@ -64,14 +64,17 @@ class Trainer(Protocol):
 
 @functools.lru_cache(maxsize=8)
 def get_trainer(
-    framework: str, spec: ModelSpec, train: TrainConfig, *, private: bool = False
+    framework: str, spec: ModelSpec, train: TrainConfig, *, private: bool = False,
+    mode: str | None = None,
 ) -> Trainer:
-    """One trainer per (framework, architecture, optimizer, DP or not) and process.
+    """One trainer per (framework, architecture, optimizer, DP or not, mode) and process.
 
     Clients share it: each message loads that client's weights first, so building the
     model and compiling its step happens once per process, not once per client.
+    ``mode`` is how the training steps execute (``runtime.torch_mode`` /
+    ``runtime.keras_mode``); ``None``: the framework's default (torch eager, Keras graph).
     """
-    return _build(framework, spec, train, private=private)
+    return _build(framework, spec, train, private=private, mode=mode)
 
 
 @functools.lru_cache(maxsize=8)
@@ -85,13 +88,14 @@ def get_evaluator(framework: str, spec: ModelSpec, train: TrainConfig) -> Traine
     return _build("torch" if framework == "mixed" else framework, spec, train, private=False)
 
 
-def _build(framework: str, spec: ModelSpec, train: TrainConfig, *, private: bool) -> Trainer:
+def _build(framework: str, spec: ModelSpec, train: TrainConfig, *, private: bool,
+           mode: str | None = None) -> Trainer:
     if framework == "torch":
         from clients.torch_trainer import TorchTrainer
 
-        return TorchTrainer(spec, train, private=private)
+        return TorchTrainer(spec, train, private=private, mode=mode or "eager")
     if framework == "keras":
         from clients.keras_trainer import KerasTrainer
 
-        return KerasTrainer(spec, train, private=private)
+        return KerasTrainer(spec, train, private=private, mode=mode or "graph")
     raise ValueError(f"unknown framework '{framework}'; allowed: torch, keras")

@@ -79,6 +79,22 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", help="run directory (or a study report with best_model/)")
     export.add_argument("--format", required=True, choices=("onnx", "savedmodel", "tflite"))
     export.add_argument("--out", help="output directory (default: RUN_DIR/export/FORMAT)")
+    compare = _command(commands, "compare-frameworks",
+                       "the same federation in torch eager, torch.compile, Keras eager, graph "
+                       "and XLA, with and without DP-SGD: accuracy, step time, compile cost, "
+                       "memory (docs/frameworks.md)", "experiment TOML",
+                       "override a key of every run, e.g. rounds=5")
+    compare.add_argument("--out", help="output directory (default: "
+                         "results/compare_frameworks/<config stem>)")
+    compare.add_argument("--modes", help="comma-separated subset of torch-eager, "
+                         "torch-compile, keras-eager, keras-graph, keras-xla (default: all)")
+    which_dp = compare.add_mutually_exclusive_group()
+    which_dp.add_argument("--no-dp", action="store_true", help="only runs without DP-SGD")
+    which_dp.add_argument("--dp-only", action="store_true", help="only runs with DP-SGD")
+    compare.add_argument("--seeds", type=int, default=1, metavar="N",
+                         help="runs per mode (seeds seed..seed+N-1); mean ± 95%% CI")
+    compare.add_argument("--target", type=float, help="validation accuracy for the time-to-"
+                         "target column (default: 90%% of the best final one per DP setting)")
     listing = commands.add_parser("ls", help="list the runs, sweeps and studies in a "
                                   "results directory with their state")
     listing.add_argument("directory", nargs="?", default="results",
@@ -91,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     handlers = {"run": _run, "show-config": _run, "sweep": _sweep, "search": _search,
-                "ls": _ls, "twin": _twin, "export": _export}
+                "ls": _ls, "twin": _twin, "export": _export,
+                "compare-frameworks": _compare_frameworks}
     try:
         with graceful_interrupts():
             return handlers[args.command](args)
@@ -201,6 +218,22 @@ def _search(args) -> int:
         print(f"best trial {best['number']}: validation accuracy "
               f"{best['validation_accuracy']:.4f} (what chose it), test accuracy "
               f"{best['test_accuracy']:.4f} (held out)")
+    return 0
+
+
+def _compare_frameworks(args) -> int:
+    from pathlib import Path
+
+    from sandbox.core.tomlio import parse_overrides
+    from sandbox.engine.frameworks import compare_frameworks
+
+    dp = (False,) if args.no_dp else (True,) if args.dp_only else (False, True)
+    modes = None if args.modes is None else tuple(m.strip() for m in args.modes.split(","))
+    out = compare_frameworks(args.config, None if args.out is None else Path(args.out),
+                             overrides=dict(parse_overrides(args.overrides)), dp=dp,
+                             modes=modes, seeds=args.seeds, target=args.target)
+    print((out / "frameworks.md").read_text(), end="")
+    print(out)
     return 0
 
 

@@ -35,6 +35,8 @@ PartitionerName = Literal["iid", "dirichlet", "shards", "quantity_skew", "natura
 ArchName = Literal["mlp", "cnn"]
 Activation = Literal["relu", "tanh", "sigmoid", "elu"]
 OptimizerName = Literal["sgd", "adam"]
+TorchMode = Literal["eager", "compile"]
+KerasMode = Literal["graph", "eager", "xla"]
 
 
 class _Section(BaseModel):
@@ -370,6 +372,12 @@ class RuntimeConfig(_Section):
     server_threads: int = Field(1, ge=1, le=256)
     #: ``backend = "pool"``: worker processes (0: one per CPU core)
     workers: int = Field(0, ge=0, le=256)
+    #: how torch clients run their training steps: "eager" (plain PyTorch) or "compile"
+    #: (``torch.compile``, TorchInductor)
+    torch_mode: TorchMode = "eager"
+    #: how Keras clients run their training steps: "graph" (``tf.function``), "eager"
+    #: (plain TensorFlow ops) or "xla" (``tf.function(jit_compile=True)``)
+    keras_mode: KerasMode = "graph"
 
 
 class FaultsConfig(_Section):
@@ -447,6 +455,7 @@ class Config(_Section):
                 f"runtime.threads_per_client = {threads.threads_per_client}: with framework "
                 "= 'keras' and backend = 'inline', clients and server share one TensorFlow "
                 "thread pool; set the two equal, or use backend = 'ray'")
+        _check_execution_modes(self)
         if self.heterogeneity.local_steps is not None and self.privacy.sample.enabled:
             # The DP-SGD plan (steps, sampling rate) that the server's ledger accounts is
             # one per client for the whole run.
@@ -467,6 +476,10 @@ class Config(_Section):
     def config_hash(self) -> str:
         """Stable hash of every setting that changes the computation (output is excluded)."""
         payload = {k: v for k, v in self.to_dict().items() if k not in ("output", "name")}
+        # Keys added after runs were recorded leave hashes as they were at their defaults.
+        for key, default in (("torch_mode", "eager"), ("keras_mode", "graph")):
+            if payload["runtime"][key] == default:
+                del payload["runtime"][key]
         text = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -520,6 +533,27 @@ def _check_partition_lists(cfg: Config) -> None:
     mixed_keys = cfg.mixed.keras_partitions or cfg.mixed.keras_fraction != 0.5
     if cfg.framework != "mixed" and mixed_keys:
         raise ValueError(f"[mixed] needs framework = 'mixed' (got '{cfg.framework}')")
+
+
+def _check_execution_modes(cfg: Config) -> None:
+    """A mode key is set only for a framework the run's clients use."""
+    runtime = cfg.runtime
+    if runtime.torch_mode != "eager" and cfg.framework == "keras":
+        raise ValueError(
+            f"runtime.torch_mode = '{runtime.torch_mode}' needs torch clients; framework = "
+            "'keras' has none: set runtime.keras_mode instead, or framework = 'torch' or "
+            "'mixed'")
+    if runtime.torch_mode != "eager" and cfg.backend == "vectorized":
+        raise ValueError(
+            f"runtime.torch_mode = '{runtime.torch_mode}' cannot be used with backend = "
+            "'vectorized' (it trains a round's clients as one batched computation of its "
+            "own); allowed: torch_mode = 'eager', or backend 'inline', 'pool', 'ray' or "
+            "'deployment'")
+    if runtime.keras_mode != "graph" and cfg.framework == "torch":
+        raise ValueError(
+            f"runtime.keras_mode = '{runtime.keras_mode}' needs Keras clients; framework = "
+            "'torch' has none: set runtime.torch_mode instead, or framework = 'keras' or "
+            "'mixed'")
 
 
 def _check_client_dp(cfg: Config) -> None:
