@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import load_config
-from sandbox.core.errors import ConfigError, RunFailed, SandboxError
+from sandbox.core.errors import ConfigError, SandboxError
 from tests.conftest import ROOT, small_overrides
 from tests.test_runtime import assert_same_history
 
@@ -99,9 +99,6 @@ def _kill_after_first_train(local, partition_id: int, killed: threading.Event,
         time.sleep(0.2)
 
 
-@pytest.mark.xfail(strict=True, raises=RunFailed, reason=(
-    "known bug (issue 20 part 3): one SuperLink 'Node Unavailable' reply for the killed "
-    "node still reaches the sampling wrapper unattributed (the run fails with KeyError: 1)"))
 def test_killed_supernode_is_a_counted_failure_and_the_run_finishes(tmp_path):
     """A SuperNode killed after its round-1 reply: rounds 2-3 finish with the other two
     clients and count its failure (the SuperLink's "Node Unavailable" error replies), as
@@ -154,8 +151,11 @@ def test_round_callbacks_are_refused_on_deployment_before_anything_is_written(tm
 
 
 def test_superlink_error_replies_are_attributed_to_the_node_asked():
-    """The SuperLink answers for a gone node with an error sent by itself (node id 1);
-    the server's grid re-issues it from the node, so it is counted as that node's."""
+    """Both ways the SuperLink answers for a gone node end as an error from that node: a
+    killed node's message gets a "Node Unavailable" reply sent by the SuperLink itself
+    (node id 1), a stopped (unregistered) node's message is refused at push time (an
+    empty id; Flower's own loop then pulls a "Message Unavailable" error naming no
+    message)."""
     from flwr.app import ConfigRecord, Error, Message, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
@@ -163,22 +163,40 @@ def test_superlink_error_replies_are_attributed_to_the_node_asked():
     from sandbox.engine.flower_app import NodeAttributedGrid
     from sandbox.engine.runtime.inline import InlineGrid
 
+    killed, stopped = 1000, 1001
+
     class GoneNodes(InlineGrid):
-        def send_and_receive(self, messages, *, timeout=None):
-            replies = []
+        pulls = 0
+
+        def push_messages(self, messages):
+            ids = []
             for number, msg in enumerate(messages):
                 msg.metadata.__dict__["_message_id"] = f"m{number}"
+                ids.append("" if msg.metadata.dst_node_id == stopped else f"m{number}")
+            return ids
+
+        def pull_messages(self, message_ids, *, timeout=None):
+            self.pulls += 1
+            assert "" not in message_ids
+            if self.pulls == 1:  # the reply is not there yet
+                return []
+            replies = []
+            for message_id in message_ids:
                 stand_in = Message(RecordDict(), dst_node_id=SUPERLINK_NODE_ID,
-                                   message_type=msg.metadata.message_type)
-                stand_in.metadata.__dict__["_message_id"] = f"m{number}"
+                                   message_type="train")
+                stand_in.metadata.__dict__["_message_id"] = message_id
                 replies.append(Message(Error(5, "Node Unavailable"), reply_to=stand_in))
             return replies
 
     TaskIdentity.task_id, TaskIdentity.run_id = 1, 1
     TaskIdentity.node_id = SUPERLINK_NODE_ID
-    grid = NodeAttributedGrid(GoneNodes(client_app=None, num_nodes=2, run_id=1))
+    inner = GoneNodes(client_app=None, num_nodes=2, run_id=1)
+    grid = NodeAttributedGrid(inner)
+    grid.POLL_S = 0.0
     asked = [Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node,
-                     message_type="train") for node in (1000, 1001)]
-    replies = grid.send_and_receive(asked)
-    assert [r.metadata.src_node_id for r in replies] == [1000, 1001]
-    assert all(r.has_error() and r.error.reason == "Node Unavailable" for r in replies)
+                     message_type="train") for node in (killed, stopped)]
+    replies = grid.send_and_receive(asked, timeout=60)
+    assert sorted(r.metadata.src_node_id for r in replies) == [killed, stopped]
+    assert all(r.has_error() and "Node Unavailable" in r.error.reason for r in replies)
+    assert inner.pulls == 2
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["m0", "m1"]

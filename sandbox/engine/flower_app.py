@@ -27,13 +27,15 @@ locally from the seeded data source; no data travels in messages.
 from __future__ import annotations
 
 import functools
+import time
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flwr.app import Context, Message
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
 from sandbox.core import wire
@@ -99,24 +101,59 @@ def _delegate(msg: Message, context: Context) -> Message:
 
 
 class NodeAttributedGrid(ForwardingGrid):
-    """``grid`` whose error replies always come from the node that was asked.
+    """``grid`` whose replies always come from the node that was asked.
 
-    When a SuperNode is gone, the SuperLink answers for it with a "Node Unavailable"
-    error whose sender is the SuperLink itself (node id 1), not the node; the server's
-    failure records and partition-ordered aggregation look replies up by sender. Such a
-    reply is re-issued here as the same error from the message's destination node.
+    A SuperNode can leave a run in two ways, and the SuperLink reports neither as a
+    reply from that node, while the server's failure records and partition-ordered
+    aggregation look replies up by sender:
+
+    * killed (no heartbeat): the SuperLink answers for it with a "Node Unavailable"
+      error whose sender is the SuperLink itself (node id 1);
+    * stopped (it unregistered): the SuperLink refuses the message at push time (an
+      empty message id), and Flower's ``send_and_receive`` then pulls an unknown id
+      and gets a "Message Unavailable" error that names no message at all.
+
+    Messages are therefore pushed and pulled here: a refused message gets a "Node
+    Unavailable" error reply from its destination at once, and an error reply sent by
+    the SuperLink is re-issued as the same error from the message's destination.
     """
+
+    #: Seconds between two pulls while replies are outstanding (Flower's loop waits 3 s).
+    POLL_S = 0.5
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
-        replies = self._grid.send_and_receive(messages, timeout=timeout)
-        asked = {msg.metadata.message_id: msg for msg in messages}  # ids set by the push
+        if not messages:
+            return []
+        message_ids = list(self._grid.push_messages(messages))  # sets the messages' ids
+        if len(message_ids) != len(messages):  # Flower refused the whole batch
+            message_ids = [""] * len(messages)
+        replies = [_unavailable(msg) for msg, mid in zip(messages, message_ids, strict=True)
+                   if not mid]
+        pending = {mid for mid in message_ids if mid}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending:
+            pulled = list(self._grid.pull_messages(sorted(pending)))
+            replies += pulled
+            pending -= {reply.metadata.reply_to_message_id for reply in pulled}
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(self.POLL_S)
+        asked = {msg.metadata.message_id: msg for msg in messages}
         nodes = {msg.metadata.dst_node_id for msg in messages}
         return [Message(reply.error, reply_to=asked[reply.metadata.reply_to_message_id])
                 if reply.has_error() and reply.metadata.src_node_id not in nodes
                 and reply.metadata.reply_to_message_id in asked else reply
                 for reply in replies]
+
+
+def _unavailable(msg: Message) -> Message:
+    """The error reply of ``msg``'s destination when the SuperLink refused ``msg``."""
+    return Message(Error(ErrorCode.NODE_UNAVAILABLE,
+                         f"Node Unavailable: the SuperLink refused the message for node "
+                         f"{msg.metadata.dst_node_id} (it is no longer registered)"),
+                   reply_to=msg)
 
 
 serverapp = ServerApp()

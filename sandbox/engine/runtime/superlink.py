@@ -24,6 +24,8 @@ from pathlib import Path
 
 #: How long a process may take to stop after SIGTERM before it gets SIGKILL.
 STOP_GRACE_S = 10.0
+#: How long the SuperLink may take to listen after it was started.
+START_TIMEOUT_S = 120.0
 
 
 def free_port() -> int:
@@ -195,12 +197,32 @@ class LocalDeployment:
             self.superlink = self._start("superlink", [
                 "flower-superlink", *self._tls_args(server=True), "--host", "127.0.0.1",
                 "--port", str(self.port), "--disable-runtime-dependency-installation"])
+            self._wait_for_superlink()
             for pid in range(self.num_nodes):
                 self.supernodes.append(self.start_supernode(pid))
         except BaseException:
             self.close()
             raise
         return self
+
+    def _wait_for_superlink(self) -> None:
+        """Return once the SuperLink accepts connections (``flwr run`` fails at once
+        otherwise); raise if it exits or takes longer than :data:`START_TIMEOUT_S`."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if self.superlink.poll() is not None:
+                raise RuntimeError(f"flower-superlink exited with code "
+                                   f"{self.superlink.returncode} at start; its log: "
+                                   f"{self.log_dir / 'superlink.log'}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"flower-superlink did not listen on {self.address} "
+                                       f"within {START_TIMEOUT_S:g} s; its log: "
+                                       f"{self.log_dir / 'superlink.log'}") from None
+                time.sleep(0.1)
 
     def start_supernode(self, partition_id: int) -> subprocess.Popen:
         """Start the SuperNode of ``partition_id`` (its own Runtime API port)."""
