@@ -255,6 +255,12 @@ CASES = {
                               ["is a finished run"]),
     "resume with overrides": (["run", "--resume", "{inp}/stopped_run.partial", "--set",
                                "rounds=3"], ["--set is not allowed"]),
+    "resume a ray run": (["run", "--resume", "{inp}/ray_run.partial"],
+                         ["ray_run.partial", "backend 'ray'", "cannot be resumed",
+                          "Ray actors"]),
+    "resume a deployment run": (["run", "--resume", "{inp}/deployment_run.partial"],
+                                ["deployment_run.partial", "backend 'deployment'",
+                                 "cannot be resumed", "SuperNodes"]),
 }
 
 
@@ -284,6 +290,10 @@ def _write_inputs(inp):
     for run_dir in ("stopped_run.partial", "finished_run"):
         (inp / run_dir).mkdir()
         (inp / run_dir / "config.toml").write_text(open(QUICK).read())
+    for backend in ("ray", "deployment"):
+        (inp / f"{backend}_run.partial").mkdir()
+        (inp / f"{backend}_run.partial" / "config.toml").write_text(open(QUICK).read().replace(
+            'backend = "inline"', f'backend = "{backend}"'))
     (inp / "broken.toml").write_text("rounds = = 3\n")
     study = open(STUDY).read().replace('experiment = "quickstart.toml"',
                                        f'experiment = "{QUICK}"')

@@ -119,14 +119,26 @@ def resume(run_dir: str | Path, *, callbacks=(), progress: bool | None = None) -
         config = config.model_copy(update={"output": config.output.model_copy(
             update={"progress": progress})})
     if config.backend != "inline":
-        raise SandboxError(f"--resume: the run used backend '{config.backend}'; resuming "
-                           "needs backend 'inline' (node states live in the process)")
+        why = _NOT_RESUMABLE.get(config.backend, "its clients' state lived outside this "
+                                                 "process")
+        raise SandboxError(f"--resume: {path} ran on backend '{config.backend}', which "
+                           f"cannot be resumed ({why}); only backend 'inline' runs "
+                           "continue from a checkpoint: start the run again")
     checkpoint = load_checkpoint(path, config.config_hash())
     prepared = preflight(config)
     reserve_threads(config)
     directory = RunDirectory.reopen(path)
     return _execute(config, directory, prepared, started, callbacks=callbacks,
                     resume=checkpoint)
+
+
+#: Why a run of a backend cannot be continued from its round checkpoint.
+_NOT_RESUMABLE = {
+    "ray": "its clients' state lived in the Ray actors of Flower's simulation, gone with "
+           "the run",
+    "deployment": "its clients' state lived in the SuperNodes and its server in Flower's "
+                  "SuperExec process, out of this process's reach",
+}
 
 
 def _execute(config: Config, run_dir: RunDirectory, prepared: Prepared, started: float, *,
