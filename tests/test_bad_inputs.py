@@ -65,6 +65,25 @@ CASES = {
     "keras inline with two thread counts": (
         run_args("framework=keras", "runtime.server_threads=2"),
         ["runtime.server_threads", "runtime.threads_per_client", "backend = 'ray'"]),
+    "unknown torch mode": (run_args("runtime.torch_mode=jit"),
+                           ["runtime.torch_mode", "'eager'", "'compile'"]),
+    "unknown keras mode": (run_args("framework=keras", "runtime.keras_mode=jax"),
+                           ["runtime.keras_mode", "'graph'", "'xla'"]),
+    "torch mode for keras clients": (run_args("framework=keras", "runtime.torch_mode=compile"),
+                                     ["runtime.torch_mode", "framework = 'keras'"]),
+    "keras mode for torch clients": (run_args("runtime.keras_mode=xla"),
+                                     ["runtime.keras_mode", "framework = 'torch'"]),
+    "compare-frameworks unknown mode": (
+        ["compare-frameworks", QUICK, "--modes", "torch-eager,jax-jit", "--out", "{inp}/../out"],
+        ["jax-jit", "torch-compile", "keras-xla"]),
+    "compare-frameworks zero seeds": (
+        ["compare-frameworks", QUICK, "--seeds", "0", "--out", "{inp}/../out"], ["seeds", "1..100"]),
+    "compare-frameworks target above 1": (
+        ["compare-frameworks", QUICK, "--target", "1.5", "--out", "{inp}/../out"],
+        ["target", "0 < target <= 1"]),
+    "compare-frameworks bad key": (
+        ["compare-frameworks", QUICK, "--set", "runtime.threads_per_client=0", "--out",
+         "{inp}/../out"], ["runtime.threads_per_client"]),
     "mixed keys without framework mixed": (run_args("mixed.keras_fraction=0.3"),
                                            ["[mixed]", "framework = 'mixed'"]),
     "keras partition out of range": (run_args("framework=mixed", "mixed.keras_partitions=[10]"),
