@@ -91,17 +91,6 @@ def test_a_client_error_stops_the_run_and_discards_the_workers(small, monkeypatc
     assert used.workers == [] and pool.worker_pool(cfg) is not used
 
 
-def test_resuming_a_pool_run_is_refused_clearly(tmp_path, capsys):
-    from sandbox.cli import main
-
-    stopped = tmp_path / "x.partial"
-    stopped.mkdir()
-    text = (ROOT / "configs" / "quickstart.toml").read_text()
-    (stopped / "config.toml").write_text(text.replace('backend = "inline"', 'backend = "pool"'))
-    assert main(["run", "--resume", str(stopped)]) == 2
-    assert "backend 'pool'" in capsys.readouterr().err
-
-
 def test_pool_run_in_a_script_without_main_guard(tmp_path):
     """Workers are fresh interpreters that never re-run the caller's ``__main__``."""
     import subprocess

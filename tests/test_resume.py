@@ -1,5 +1,6 @@
 """kill -9 mid-run, then `fedsandbox run --resume RUN_DIR`: the finished run's metrics
-equal an uninterrupted run's byte for byte (torch with DP-SGD, and Keras)."""
+equal an uninterrupted run's byte for byte (torch with DP-SGD, and Keras; backends inline,
+vectorized and pool)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,14 @@ CASES = {
     "multikrum": {"framework": "torch", "federation.strategy": "multikrum",
                   "federation.strategy_args.num_nodes_to_select": 2},
     "bulyan": {"framework": "torch", "federation.strategy": "bulyan"},
+    # node states in the vectorized grid, and in the pool's grid (workers hold none)
+    "vectorized-scaffold-dp": {"framework": "torch", "backend": "vectorized",
+                               "federation.strategy": "scaffold", "train.momentum": 0.0,
+                               "federation.fraction_train": 0.5,
+                               "privacy.sample.enabled": True, "privacy.noise": "seeded"},
+    "pool-dp": {"framework": "torch", "backend": "pool", "runtime.workers": 2,
+                "federation.fraction_train": 0.5, "privacy.sample.enabled": True,
+                "privacy.noise": "seeded"},
 }
 
 

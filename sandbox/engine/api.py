@@ -102,7 +102,8 @@ def resume(run_dir: str | Path, *, callbacks=(), progress: bool | None = None) -
     ------
     SandboxError
         No such directory, no checkpoint, a config that differs from the checkpoint's,
-        or a backend other than ``inline``.
+        or a backend other than ``inline``, ``vectorized`` or ``pool`` (whose node states
+        live in this process's grid, so the checkpoint holds them).
     """
     from sandbox.engine.checkpoint import load_checkpoint
     from sandbox.engine.preflight import load_config
@@ -118,12 +119,13 @@ def resume(run_dir: str | Path, *, callbacks=(), progress: bool | None = None) -
     if progress is not None:  # output settings are not part of the config hash
         config = config.model_copy(update={"output": config.output.model_copy(
             update={"progress": progress})})
-    if config.backend != "inline":
+    if config.backend not in RESUMABLE_BACKENDS:
         why = _NOT_RESUMABLE.get(config.backend, "its clients' state lived outside this "
                                                  "process")
         raise SandboxError(f"--resume: {path} ran on backend '{config.backend}', which "
-                           f"cannot be resumed ({why}); only backend 'inline' runs "
-                           "continue from a checkpoint: start the run again")
+                           f"cannot be resumed ({why}); only backend 'inline', "
+                           "'vectorized' and 'pool' runs continue from a checkpoint: start "
+                           "the run again")
     checkpoint = load_checkpoint(path, config.config_hash())
     prepared = preflight(config)
     reserve_threads(config)
@@ -132,6 +134,8 @@ def resume(run_dir: str | Path, *, callbacks=(), progress: bool | None = None) -
                     resume=checkpoint)
 
 
+#: Backends whose node states live in this process's grid (checkpointed, restored).
+RESUMABLE_BACKENDS = ("inline", "vectorized", "pool")
 #: Why a run of a backend cannot be continued from its round checkpoint.
 _NOT_RESUMABLE = {
     "ray": "its clients' state lived in the Ray actors of Flower's simulation, gone with "
