@@ -78,6 +78,7 @@ def tests(session: nox.Session) -> None:
     """
     _tff_env(session)
     _postgresql(session)
+    _chromium(session)
     _run(session, "python", "-m", "pytest", "-m", "not slow", *session.posargs)
 
 
@@ -100,6 +101,36 @@ def _postgresql(session: nox.Session) -> None:
               "/etc/postgresql-common/createcluster.conf && apt-get update -q && "
               "DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql")
     session.run(*sudo, "sh", "-c", script, external=True)
+
+
+def _chromium(session: nox.Session) -> None:
+    """Install Debian's Chromium when it is missing: the report's browser check drives it
+    through Playwright (tests/test_paper.py, `nox -s paper`); nothing is downloaded by
+    Playwright itself. Needs root, or sudo."""
+    if shutil.which("chromium") or Path("/usr/bin/chromium").is_file():
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"] if shutil.which("sudo") else None
+    if sudo is None:
+        session.error("Chromium is missing (the report's browser check needs it) and "
+                      "installing it needs root or sudo: apt-get install -y chromium")
+    session.run(*sudo, "sh", "-c", "apt-get update -q && DEBIAN_FRONTEND=noninteractive "
+                "apt-get install -y -q chromium", external=True)
+
+
+@nox.session
+def paper(session: nox.Session) -> None:
+    """`nox -s paper [-- --quick] [--out DIR]`: every table and figure of the report.
+
+    Rebuilds the sections whose configs (configs/paper/, --quick: configs/paper/quick/) or
+    code changed, writes DIR/report.md and a self-contained DIR/report.html (default
+    DIR = paper), then opens the HTML in headless Chromium (Debian's package, installed
+    here when missing) and checks that every figure loads. docs/paper.md
+    """
+    _chromium(session)
+    _run(session, "python", "-m", "sandbox.paper", *session.posargs)
+    args = session.posargs
+    out = args[args.index("--out") + 1] if "--out" in args[:-1] else "paper"
+    _run(session, "python", "-m", "sandbox.paper.browser", str(Path(out) / "report.html"))
 
 
 @nox.session

@@ -1,0 +1,168 @@
+"""Report sections about the machinery: PyTorch vs Keras (``sandbox.engine.frameworks``),
+the TensorFlow Federated twin check, and the cost of a round on each backend."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from sandbox.core.errors import SandboxError
+from sandbox.engine.preflight import load_config
+from sandbox.paper import figures
+from sandbox.paper.model import Figure, Section, Table, cell, ci, estimate_dict, seeds_note
+from sandbox.paper.runs import QUIET
+
+
+class SectionUnavailable(SandboxError):
+    """A section's tool is missing from this checkout or machine."""
+
+
+def _config_hash(path: Path, **extra) -> str:
+    import hashlib
+
+    text = json.dumps({"config": load_config(path).config_hash(), **extra}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# --- framework comparison ------------------------------------------------------------
+
+def frameworks_hashes(spec, base: Path) -> dict[str, str]:
+    return {spec.config: _config_hash(base / spec.config, seeds=spec.seeds, modes=spec.modes,
+                                      dp=spec.dp)}
+
+
+def frameworks(spec, base: Path, work: Path) -> Section:
+    try:
+        from sandbox.engine.frameworks import compare_frameworks
+    except ImportError as exc:
+        raise SectionUnavailable(
+            "the framework comparison needs sandbox.engine.frameworks.compare_frameworks, "
+            f"which this checkout does not have ({exc})") from None
+    out = Path(compare_frameworks(base / spec.config, work / "frameworks", seeds=spec.seeds,
+                                  dp=tuple(spec.dp), modes=tuple(spec.modes) or None))
+    shutil.copyfile(out / "frameworks.png", work / "frameworks.png")
+    payload = json.loads((out / "frameworks.json").read_text())
+    table = _markdown_table((out / "frameworks.md").read_text())
+    return Section(
+        "frameworks", "Framework comparison: PyTorch vs Keras",
+        text=f"`{spec.config}` in each framework (sandbox/engine/frameworks.py), "
+             f"{spec.seeds} seed(s) per setting.",
+        tables=[table] if table else [],
+        figures=[Figure("frameworks.png", "PyTorch vs Keras on the same federation. "
+                        + seeds_note({spec.seeds}))],
+        numbers=_without_timings(payload), timings=_only_timings(payload))
+
+
+def _is_timing(key: str) -> bool:
+    """Measured time (wall_s, seconds_per_round, ...): excluded from the numbers."""
+    return key.endswith("_s") or any(w in key for w in ("wall", "seconds", "time"))
+
+
+def _without_timings(value):
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if not _is_timing(k)}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def _only_timings(value):
+    if isinstance(value, dict):
+        found = {k: v for k, v in value.items() if _is_timing(k)}
+        nested = {k: _only_timings(v) for k, v in value.items()
+                  if not _is_timing(k) and isinstance(v, dict | list)}
+        return found | {k: v for k, v in nested.items() if v}
+    if isinstance(value, list):
+        return [t for t in (_only_timings(v) for v in value) if t]
+    return {}
+
+
+def _markdown_table(text: str) -> Table | None:
+    """The first pipe table of a markdown file; the text before it is the caption."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
+    if start is None:
+        return None
+    block = [line for line in lines[start:] if line.startswith("|")]
+    split = [[c.strip() for c in line.strip("|").split("|")] for line in block]
+    caption = " ".join(line for line in lines[:start] if line and not line.startswith("#"))
+    return Table(caption or "Framework comparison.", split[0], split[2:])
+
+
+# --- TensorFlow Federated twin -------------------------------------------------------
+
+def twin_hashes(spec, base: Path) -> dict[str, str]:
+    return {spec.config: _config_hash(base / spec.config)}
+
+
+def twin(spec, base: Path, work: Path) -> Section:
+    from sandbox.engine.twin import run_twin
+    from sandbox.engine.twin.runner import TwinError, tff_python
+
+    title = "TensorFlow Federated twin check"
+    try:
+        tff_python()
+    except TwinError as exc:
+        return Section("twin", title, status="skipped", reason=str(exc))
+    twin_dir = run_twin(base / spec.config, [f"output.dir={work / 'runs'}"])
+    comparison = json.loads((twin_dir / "comparison.json").read_text())
+    shutil.copyfile(twin_dir / "comparison.png", work / "twin.png")
+    summary = comparison["summary"]
+    rows = [[k.replace("_", " "), f"{v:.6g}" if isinstance(v, float) else str(v)]
+            for k, v in summary.items()]
+    return Section(
+        "twin", title,
+        text=f"`{spec.config}` run in the sandbox and in TensorFlow Federated 0.87 on the "
+             "same exported inputs (sandbox/engine/twin, docs/twins.md).",
+        tables=[Table("Sandbox vs TFF on one identical run (single seed: a twin compares "
+                      "two implementations of the same computation, draw for draw).",
+                      ["quantity", "value"], rows)],
+        figures=[Figure("twin.png", "Accuracy and loss per round of both sides and the "
+                        "largest weight difference. Single seed: no confidence interval.")],
+        numbers={"summary": summary, "rounds": [
+            {k: v for k, v in r.items() if k != "max_abs_dw_per_layer"}
+            for r in comparison["rounds"]], "notes": comparison.get("notes", [])})
+
+
+# --- backend cost per round ----------------------------------------------------------
+
+def backend_cost_hashes(spec, base: Path) -> dict[str, str]:
+    return {spec.config: _config_hash(base / spec.config, backends=spec.backends,
+                                      repeats=spec.repeats)}
+
+
+def backend_cost(spec, base: Path, work: Path) -> Section:
+    """Seconds per round (rounds ≥ 1) on each backend; one untimed warm-up run first."""
+    from sandbox.engine.api import run
+
+    table, numbers, timings, bars = [], [], [], {}
+    for backend in spec.backends:
+        cfg = load_config(base / spec.config, {**QUIET, "backend": backend,
+                                               "output.dir": str(work / "runs")})
+        run(cfg)  # warm-up: imports, worker processes, compiled kernels
+        per_round, accuracy = [], []
+        for _ in range(spec.repeats):
+            result = run(cfg)
+            seconds = result.round_seconds[1:]
+            per_round.append(sum(seconds) / len(seconds))
+            accuracy.append(result.final["central_test_accuracy"])
+        cost = ci(per_round)
+        bars[backend] = cost
+        table.append([backend, str(cost.n), cell(cost, 4), cell(ci(accuracy))])
+        numbers.append({"backend": backend, "final_test_accuracy": accuracy})
+        timings.append({"backend": backend, "seconds_per_round": estimate_dict(cost),
+                        "runs": per_round})
+    figures.bars(bars, work / "backend_cost.png", title="Cost of a round per backend",
+                 ylabel="seconds per round")
+    note = (f"Mean ± 95 % CI over N = {spec.repeats} timed runs after one warm-up run per "
+            "backend. Timings are measured, not reproduced: a rebuild gives other values and "
+            "the identity check leaves them out.")
+    return Section(
+        "backend_cost", "Backend cost per round",
+        text=f"`{spec.config}` on each backend; every backend computes the same numbers "
+             "(final test accuracy column).",
+        tables=[Table(f"Seconds per round (rounds ≥ 1). {note}",
+                      ["backend", "N", "seconds per round", "final test accuracy"], table)],
+        figures=[Figure("backend_cost.png", f"Seconds per round. {note}", timing=True)],
+        numbers={"backends": numbers}, timings={"backends": timings})
