@@ -47,6 +47,11 @@ CASES = {
     "torch_multikrum": {"framework": "torch", "federation.strategy": "multikrum",
                         "federation.strategy_args": {"num_nodes_to_select": 2}},
     "torch_bulyan": {"framework": "torch", "federation.strategy": "bulyan"},
+    # the torch and torch_dp_sgd cases on the vectorized and pool backends (within the
+    # tolerance below of torch.json / torch_dp_sgd.json; pool equal bit for bit)
+    "torch_vectorized": {"framework": "torch", "backend": "vectorized"},
+    "torch_vectorized_dp_sgd": {"framework": "torch", "backend": "vectorized", **DP},
+    "torch_pool": {"framework": "torch", "backend": "pool", "runtime.workers": 2},
 }
 
 
