@@ -2,7 +2,8 @@
 
 The matrix: framework x thread count x backend x "alone in a fresh process" vs "after other
 runs in the same process". Every cell must give the same per-round metrics and the same
-clients.
+clients (the vectorized backend, torch only: the same as itself, and the inline metrics
+within float32 rounding).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def test_sampling_is_uniform_over_clients():
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("framework", ["torch", "keras", "mixed"])
 def test_determinism_matrix(tmp_path, framework, threads):
-    """Alone vs after other runs, inline vs Ray: the same clients and metrics.
+    """Alone vs after other runs, inline vs Ray and pool (vectorized for torch): the same
+    clients and metrics.
 
     At 1 thread per client and server (the default: no override) and at 2, so a backend
     whose thread count comes from the machine or from ``OMP_NUM_THREADS`` instead of the
@@ -78,6 +80,9 @@ def test_determinism_matrix(tmp_path, framework, threads):
                     {"framework": framework, "seed": 9, **counts}])),
         "ray, alone": _subprocess_run(RUN.format(tmp=str(tmp_path / "c"), before=[],
                                                  extra=extra | {"backend": "ray"})),
+        "pool, alone": _subprocess_run(RUN.format(
+            tmp=str(tmp_path / "e"), before=[],
+            extra=extra | {"backend": "pool", "runtime.workers": 2})),
     }
     reference = cells["inline, alone"]
     chosen = reference["participation"]
@@ -85,6 +90,21 @@ def test_determinism_matrix(tmp_path, framework, threads):
     for name, cell in cells.items():
         assert cell["participation"] == chosen, name
         assert json.dumps(cell["rounds"]) == json.dumps(reference["rounds"]), name
+    if framework == "torch":
+        # vectorized: equal to itself bit for bit, to inline within float32 rounding
+        # (its batched kernels sum in another order; tests/test_vectorized.py)
+        batched = {"backend": "vectorized"}
+        alone = _subprocess_run(RUN.format(tmp=str(tmp_path / "f"), before=[],
+                                           extra=extra | batched))
+        after = _subprocess_run(RUN.format(
+            tmp=str(tmp_path / "g"), extra=extra | batched,
+            before=[{"seed": 5, **counts}, {"seed": 9, **counts, **batched}]))
+        assert alone["participation"] == after["participation"] == chosen
+        assert json.dumps(after["rounds"]) == json.dumps(alone["rounds"])
+        for row, want in zip(alone["rounds"], reference["rounds"], strict=True):
+            for key, value in want.items():
+                if isinstance(value, float):
+                    assert row[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
     in_process = sandbox.load_config(ROOT / "configs" / "quickstart.toml",
                                      small_overrides(tmp_path / "d", **extra))
     if framework in ("keras", "mixed") and threads != DEFAULT_THREADS:
