@@ -50,8 +50,9 @@ def test_quick_builds_give_identical_numbers(builds):
         assert (json.loads((one / "numbers.json").read_text())
                 == json.loads((two / "numbers.json").read_text())), name
         for table in sorted(one.rglob("*.csv")):
-            if {"runs", "trials"} & set(table.relative_to(one).parts[:-1]):
-                continue  # run directories (named by time): covered by numbers.json
+            if {"runs", "trials", "frameworks"} & set(table.relative_to(one).parts[:-1]):
+                continue  # run directories (named by time), frameworks.csv (mostly measured
+                # times and memory): their reproducible numbers are in numbers.json
             assert _csv_numbers(table) == _csv_numbers(two / table.relative_to(one)), table
 
 
@@ -131,3 +132,18 @@ def test_out_that_is_a_file_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "sandbox.paper", "--quick", "--out",
                            str(target)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 2 and "--out" in proc.stderr
+
+
+def test_reevaluation_seeds_and_bad_input():
+    """Fresh seeds by default (after the experiment's); bad top_k/seeds name themselves."""
+    from sandbox.core.errors import ConfigError
+    from search.reevaluate import _seeds, reevaluate
+
+    assert _seeds(3, 42) == [43, 44, 45]
+    assert _seeds([7, 1], 42) == [7, 1]
+    for bad in (0, [5, 5], [-1], True, "3"):
+        with pytest.raises(ConfigError, match="seeds"):
+            _seeds(bad, 42)
+    study = ROOT / "configs" / "paper" / "quick" / "search.toml"
+    with pytest.raises(ConfigError, match="top_k = 0"):
+        reevaluate(study, top_k=0)

@@ -46,36 +46,30 @@ def frameworks(spec, base: Path, work: Path) -> Section:
     table = _markdown_table((out / "frameworks.md").read_text())
     return Section(
         "frameworks", "Framework comparison: PyTorch vs Keras",
-        text=f"`{spec.config}` in each framework (sandbox/engine/frameworks.py), "
-             f"{spec.seeds} seed(s) per setting.",
+        text=f"`{spec.config}` in each execution mode (sandbox/engine/frameworks.py: one "
+             f"fresh process per run), DP-SGD {spec.dp}, {spec.seeds} seed(s) per setting. "
+             "Accuracies are reproduced by a rebuild; step times, compile cost, memory and "
+             "time to target are measured on this machine under its load.",
         tables=[table] if table else [],
-        figures=[Figure("frameworks.png", "PyTorch vs Keras on the same federation. "
-                        + seeds_note({spec.seeds}))],
-        numbers=_without_timings(payload), timings=_only_timings(payload))
+        figures=[Figure("frameworks.png", "Execution modes of PyTorch and Keras on the same "
+                        "federation. " + seeds_note({spec.seeds}), timing=True)],
+        numbers=framework_numbers(payload),
+        timings={"runs": [{k: r.get(k) for k in ("mode", "dp", "seed")}
+                          | {"measures": r.get("measures")} for r in payload["runs"]],
+                 "environment": payload.get("environment")})
 
 
-def _is_timing(key: str) -> bool:
-    """Measured time (wall_s, seconds_per_round, ...): excluded from the numbers."""
-    return key.endswith("_s") or any(w in key for w in ("wall", "seconds", "time"))
+#: per-run measures that a rebuild reproduces (the rest are times and memory)
+REPRODUCED = ("final_val", "final_test", "best_val", "target", "rounds_to_target")
 
 
-def _without_timings(value):
-    if isinstance(value, dict):
-        return {k: _without_timings(v) for k, v in value.items() if not _is_timing(k)}
-    if isinstance(value, list):
-        return [_without_timings(v) for v in value]
-    return value
-
-
-def _only_timings(value):
-    if isinstance(value, dict):
-        found = {k: v for k, v in value.items() if _is_timing(k)}
-        nested = {k: _only_timings(v) for k, v in value.items()
-                  if not _is_timing(k) and isinstance(v, dict | list)}
-        return found | {k: v for k, v in nested.items() if v}
-    if isinstance(value, list):
-        return [t for t in (_only_timings(v) for v in value) if t]
-    return {}
+def framework_numbers(payload: dict) -> dict:
+    """The accuracies of frameworks.json (and the agreement between modes), no timings."""
+    runs = [{k: r.get(k) for k in ("mode", "dp", "seed", "status")}
+            | {k: (r.get("measures") or {}).get(k) for k in REPRODUCED}
+            for r in payload["runs"]]
+    return {"runs": runs, "targets": payload.get("targets"),
+            "agreement": payload.get("agreement")}
 
 
 def _markdown_table(text: str) -> Table | None:
