@@ -99,6 +99,7 @@ def _kill_after_first_train(local, partition_id: int, killed: threading.Event,
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # ~1-2 min: 3 SuperNodes, a process per message (the TLS test is the CI one)
 def test_killed_supernode_is_a_counted_failure_and_the_run_finishes(tmp_path):
     """A SuperNode killed after its round-1 reply: rounds 2-3 finish with the other two
     clients and count its failure (the SuperLink's "Node Unavailable" error replies), as
