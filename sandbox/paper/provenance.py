@@ -56,9 +56,8 @@ def machine_text() -> str:
     """CPU and thread settings of timing figures."""
     threads = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
                if k in os.environ}
-    return (f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; runtime.threads_per_client "
-            "and runtime.server_threads as in the config (default 1), pool workers one per "
-            "core unless runtime.workers says otherwise"
+    return (f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, shared with whatever else "
+            "ran; thread settings as stated in this section's table caption"
             + (f"; {', '.join(f'{k}={v}' for k, v in threads.items())}" if threads else ""))
 
 

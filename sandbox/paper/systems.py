@@ -4,6 +4,7 @@ the TensorFlow Federated twin check, and the cost of a round on each backend."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -131,9 +132,14 @@ def backend_cost(spec, base: Path, work: Path) -> Section:
     from sandbox.engine.api import run
 
     table, numbers, timings, bars = [], [], [], {}
+    threads = ""
     for backend in spec.backends:
         cfg = load_config(base / spec.config, {**QUIET, "backend": backend,
                                                "output.dir": str(work / "runs")})
+        runtime = cfg.runtime
+        threads = (f"Threads: runtime.threads_per_client = {runtime.threads_per_client}, "
+                   f"runtime.server_threads = {runtime.server_threads}; pool workers: "
+                   f"{runtime.workers or os.cpu_count()}.")
         run(cfg)  # warm-up: imports, worker processes, compiled kernels
         per_round, accuracy = [], []
         for _ in range(spec.repeats):
@@ -151,11 +157,12 @@ def backend_cost(spec, base: Path, work: Path) -> Section:
                  ylabel="seconds per round")
     note = (f"Mean ± 95 % CI over N = {spec.repeats} timed runs after one warm-up run per "
             "backend. Timings are measured, not reproduced: a rebuild gives other values and "
-            "the identity check leaves them out.")
+            f"the identity check leaves them out. {threads}")
     return Section(
         "backend_cost", "Backend cost per round",
-        text=f"`{spec.config}` on each backend; every backend computes the same numbers "
-             "(final test accuracy column).",
+        text=f"`{spec.config}` on each backend, in this process; every backend computes the "
+             "same numbers (final test accuracy column). Start-up cost per backend in a fresh "
+             "process, and the ray and deployment backends: benchmarks/backend_cost.py.",
         tables=[Table(f"Seconds per round (rounds ≥ 1). {note}",
                       ["backend", "N", "seconds per round", "final test accuracy"], table)],
         figures=[Figure("backend_cost.png", f"Seconds per round. {note}", timing=True)],
