@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -84,26 +85,36 @@ def test_deployment_over_tls_matches_inline(tmp_path):
     assert not list(APP_FLWR.glob("run-*")), "the run's FLWR_HOME was not removed"
 
 
-def _kill_after_first_train(local, partition_id: int, killed: threading.Event,
+def _kill_after_first_train(local, partition_id: int, how: str, killed: threading.Event,
                             done: threading.Event) -> None:
-    """Stop the SuperNode of ``partition_id`` once it has sent its first training reply."""
-    from sandbox.engine.runtime.superlink import stop_tree
+    """Stop the SuperNode of ``partition_id`` once it has sent its first training reply:
+    ``"stop"``: SIGTERM (it unregisters), ``"kill"``: SIGKILL to it and its children
+    (it just stops beating)."""
+    from sandbox.engine.runtime.superlink import descendants, stop_tree
 
     log = local.log_dir / f"supernode-{partition_id}.log"
     while not done.is_set():
         text = log.read_text(errors="replace") if log.is_file() else ""
         if re.search(r"Sending: train message.*Sent successfully", text, re.DOTALL):
-            stop_tree(local.supernodes[partition_id])
+            node = local.supernodes[partition_id]
+            if how == "stop":
+                stop_tree(node)
+            else:
+                for pid in [node.pid, *descendants(node.pid)]:
+                    os.kill(pid, signal.SIGKILL)
+                node.wait()
             killed.set()
             return
         time.sleep(0.2)
 
 
-@pytest.mark.slow  # ~1-2 min: 3 SuperNodes, a process per message (the TLS test is the CI one)
-def test_killed_supernode_is_a_counted_failure_and_the_run_finishes(tmp_path):
-    """A SuperNode killed after its round-1 reply: rounds 2-3 finish with the other two
-    clients and count its failure (the SuperLink's "Node Unavailable" error replies), as
-    on the other backends (here on an existing deployment reached through
+@pytest.mark.slow  # 1-3 min each: 3 SuperNodes, a process per message (TLS test: the CI one)
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_killed_supernode_is_a_counted_failure_and_the_run_finishes(tmp_path, how):
+    """A SuperNode stopped (SIGTERM: the SuperLink refuses its messages) or killed
+    (SIGKILL: the SuperLink answers "Node Unavailable" once its heartbeat is missed)
+    after its round-1 reply: rounds 2-3 finish with the other two clients and count its
+    failure, as on the other backends (here on an existing deployment reached through
     deployment.superlink). Rounds 0-1 equal inline's at 1 thread, bit for bit."""
     import sandbox
     from sandbox.engine.runtime.superlink import LocalDeployment
@@ -114,7 +125,7 @@ def test_killed_supernode_is_a_counted_failure_and_the_run_finishes(tmp_path):
             "data.num_clients": 3, "rounds": 3, "federation.fraction_evaluate": 0.0,
             "deployment.superlink": local.address})
         watcher = threading.Thread(target=_kill_after_first_train,
-                                   args=(local, 2, killed, done))
+                                   args=(local, 2, how, killed, done))
         watcher.start()
         try:
             result = sandbox.run(cfg)
