@@ -108,8 +108,8 @@ def _kill_after_first_train(local, partition_id: int, how: str, killed: threadin
         time.sleep(0.2)
 
 
-@pytest.mark.slow  # 1-3 min each: 3 SuperNodes, a process per message (TLS test: the CI one)
-@pytest.mark.parametrize("how", ["stop", "kill"])
+# 1-2 min each (3 SuperNodes, a process per message): SIGKILL runs in CI, SIGTERM is slow
+@pytest.mark.parametrize("how", [pytest.param("stop", marks=pytest.mark.slow), "kill"])
 def test_killed_supernode_is_a_counted_failure_and_the_run_finishes(tmp_path, how):
     """A SuperNode stopped (SIGTERM: the SuperLink refuses its messages) or killed
     (SIGKILL: the SuperLink answers "Node Unavailable" once its heartbeat is missed)
