@@ -63,7 +63,8 @@ text-align:left;caption-side:top;padding-bottom:.3rem}.status{color:#a00}"""
 
 def _inline(text: str) -> str:
     """Escaped text with `code` spans."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
 
 
 def write_html(result: Build, title: str, quick: bool) -> None:

@@ -45,6 +45,13 @@ def frameworks(spec, base: Path, work: Path) -> Section:
     shutil.copyfile(out / "frameworks.png", work / "frameworks.png")
     payload = json.loads((out / "frameworks.json").read_text())
     table = _markdown_table((out / "frameworks.md").read_text())
+    curves: dict[str, list[list[float]]] = {}
+    for record in payload["runs"]:
+        if record.get("status") == "ok":
+            label = f"{record['mode']}{' + DP-SGD' if record['dp'] else ''}"
+            curves.setdefault(label, []).append([r["val"] for r in record["rounds"]])
+    figures.curves(curves, work / "framework_accuracy.png",
+                   title="Execution modes: validation accuracy", ylabel="validation accuracy")
     return Section(
         "frameworks", "Framework comparison: PyTorch vs Keras",
         text=f"`{spec.config}` in each execution mode (sandbox/engine/frameworks.py: one "
@@ -52,8 +59,15 @@ def frameworks(spec, base: Path, work: Path) -> Section:
              "Accuracies are reproduced by a rebuild; step times, compile cost, memory and "
              "time to target are measured on this machine under its load.",
         tables=[table] if table else [],
-        figures=[Figure("frameworks.png", "Execution modes of PyTorch and Keras on the same "
-                        "federation. " + seeds_note({spec.seeds}), timing=True)],
+        figures=[Figure("framework_accuracy.png", "Validation accuracy per round of every "
+                        "execution mode (lines of equal numbers overlap). "
+                        + seeds_note({spec.seeds})),
+                 Figure("frameworks.png", "Accuracy per round and client step time per mode, "
+                        "as sandbox/engine/frameworks_report.py draws them (accuracy: the mean "
+                        "curve over seeds, its band is in the figure above; step time: mean "
+                        "over seeds of each run's median step, CI in the table). Timings are "
+                        "measured under this machine's load and not reproduced by a rebuild.",
+                        timing=True)],
         numbers=framework_numbers(payload),
         timings={"runs": [{k: r.get(k) for k in ("mode", "dp", "seed")}
                           | {"measures": r.get("measures")} for r in payload["runs"]],
@@ -81,7 +95,8 @@ def _markdown_table(text: str) -> Table | None:
         return None
     block = [line for line in lines[start:] if line.startswith("|")]
     split = [[c.strip() for c in line.strip("|").split("|")] for line in block]
-    caption = " ".join(line for line in lines[:start] if line and not line.startswith("#"))
+    caption = " ".join(line.replace("**", "") for line in lines[:start]
+                       if line and not line.startswith("#"))
     return Table(caption or "Framework comparison.", split[0], split[2:])
 
 
