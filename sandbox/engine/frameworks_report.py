@@ -245,8 +245,9 @@ def plot(path: Path, report: dict[str, Any]) -> None:
         values = [next((e["step_ms"]["mean"] for e in summary
                         if e["mode"] == m and e["dp"] == private and "step_ms" in e), 0.0)
                   for m in modes]
-        bars.bar([i + offset for i in range(len(modes))], values, width,
-                 label="DP-SGD" if private else "no DP", hatch="//" if private else None)
+        drawn = bars.bar([i + offset for i in range(len(modes))], values, width,
+                         label="DP-SGD" if private else "no DP", hatch="//" if private else None)
+        bars.bar_label(drawn, fmt="%.1f", fontsize=7)
     bars.set_xticks(range(len(modes)), modes, rotation=20)
     bars.set(ylabel="client step time (ms, median)", title="client step time (0: unavailable)")
     bars.legend(fontsize=7)
