@@ -25,8 +25,8 @@ Two implementations of the batched step: dense models (``model.arch = "mlp"``) r
 forward and backward pass written out as one ``bmm`` per layer over the clients (ghost
 norms for DP-SGD's per-example clipping, as :mod:`clients.torch_dp`); models with
 convolutions run ``torch.func.vmap`` of ``grad`` over ``functional_call`` (per-example
-gradients by a nested ``vmap`` under DP-SGD). ``runtime.torch_mode`` does not apply
-(both are eager).
+gradients by a nested ``vmap`` under DP-SGD). Both are eager (the config refuses
+``runtime.torch_mode = "compile"`` with this backend).
 
 Float tolerance: the batched kernels sum in another order than the sequential ones
 (a masked mean over the padded batch instead of a mean over the real rows, batched
