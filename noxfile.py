@@ -79,7 +79,8 @@ def tests(session: nox.Session) -> None:
     _tff_env(session)
     _postgresql(session)
     _chromium(session)
-    _run(session, "python", "-m", "pytest", "-m", "not slow", *session.posargs)
+    _run(session, "python", "-m", "pytest", "-m", "not slow", "--durations=25",
+         *session.posargs)
 
 
 def _postgresql(session: nox.Session) -> None:
