@@ -17,12 +17,14 @@ the list where the vectorized round beats the sequential loop. Peak memory is th
 training's RSS high-water mark above the RSS just before it, in a fresh subprocess per cell
 (``/proc/self/clear_refs`` resets the mark; torch's allocator is invisible to tracemalloc).
 
-    python benchmarks/bench_vectorized.py                 # K in 10 50 100 200 500, threads 1 2
+    python benchmarks/bench_vectorized.py            # K in 1 2 5 10 50 100 200 500, threads 1 2
     python benchmarks/bench_vectorized.py --clients 10 100 --threads 1 --dp
 
 For a results page: ``rows = measure_all(clients, threads, repeats, dp)`` returns one dict
 per (K, threads) and ``markdown(rows, dp)`` the table that ``main`` writes to
-``benchmarks/out/vectorized.md`` (and the rows to ``benchmarks/out/vectorized.json``).
+``benchmarks/out/vectorized.md`` (and the rows to ``benchmarks/out/vectorized.json``);
+``--render A.json B.json`` re-renders a table from saved rows (e.g. a rerun of one thread
+count, ``--threads 2 --tag _threads2``, beside the others).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ from sandbox.core.privacy import sample_dp_plan  # noqa: E402
 from sandbox.core.wire import model_spec_for  # noqa: E402
 
 OUT = Path(__file__).parent / "out"
-CLIENTS = [10, 50, 100, 200, 500]
+#: 1, 2 and 5 locate the crossover; 10 ... 500 the regime the backend is for
+CLIENTS = [1, 2, 5, 10, 50, 100, 200, 500]
 
 
 def bench_config(clients: int, *, threads: int = 1, backend: str = "inline", rounds: int = 3,
@@ -181,9 +184,13 @@ def measure_all(clients: list[int], threads: list[int], repeats: int, dp: bool) 
 
 
 def crossover(rows: list[dict], threads: int) -> str:
-    """The smallest K where the vectorized round beats the sequential loop."""
-    wins = [r["clients"] for r in rows if r["threads"] == threads and r["speedup"] > 1]
-    return f"K = {min(wins)}" if wins else "none in the list"
+    """The smallest K from which on the vectorized round beats the sequential loop at
+    every larger K of the list."""
+    ordered = sorted((r["clients"], r["speedup"]) for r in rows if r["threads"] == threads)
+    since = None
+    for k, speedup in ordered:
+        since = (since or k) if speedup > 1 else None
+    return f"K = {since}" if since is not None else "none in the list"
 
 
 def markdown(rows: list[dict], dp: bool) -> str:
@@ -196,7 +203,9 @@ def markdown(rows: list[dict], dp: bool) -> str:
         "`sequential`: bare loop of TorchTrainer.fit; `vectorized`: one "
         "clients.vectorized.fit_clients call; `inline` / `vectorized backend`: median "
         "federated round (FedAvg, central evaluation) through Flower; peak: RSS "
-        "high-water mark of one round's training above the RSS before it (fresh process).",
+        "high-water mark of one round's training above the RSS before it (fresh process). "
+        "Where the machine's cores are busy with other work, cells at 2 threads are "
+        "dominated by OpenMP threads waiting for a core: repeat them before trusting one.",
         "",
         "| K | threads | sequential s | vectorized s | speed-up | inline round s | "
         "vectorized backend round s | round speed-up | peak MiB seq | peak MiB vec |",
@@ -211,7 +220,7 @@ def markdown(rows: list[dict], dp: bool) -> str:
     lines.append("")
     for count in sorted({r["threads"] for r in rows}):
         lines.append(f"Crossover at {count} thread(s): {crossover(rows, count)} "
-                     "(smallest K of the list where vectorized beats sequential).")
+                     "(from there on vectorized beats sequential at every K of the list).")
     return "\n".join(lines) + "\n"
 
 
@@ -222,13 +231,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dp", action="store_true", help="DP-SGD clients (seeded noise)")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--tag", default="", help="suffix of the output files")
+    parser.add_argument("--render", nargs="+", type=Path, metavar="JSON",
+                        help="measure nothing: the table of these files' rows (in order)")
     args = parser.parse_args()
-    rows = measure_all(args.clients, args.threads, args.repeats, args.dp)
-    text = markdown(rows, args.dp)
+    if args.render:
+        rows = [row for path in args.render for row in json.loads(path.read_text())]
+    else:
+        rows = measure_all(args.clients, args.threads, args.repeats, args.dp)
+    text = markdown(rows, args.dp or any(r["dp"] for r in rows))
     print(text)
     if not args.no_write:
         OUT.mkdir(exist_ok=True)
-        suffix = "_dp" if args.dp else ""
+        suffix = ("_dp" if args.dp else "") + args.tag
         (OUT / f"vectorized{suffix}.md").write_text(text)
         (OUT / f"vectorized{suffix}.json").write_text(json.dumps(rows, indent=2) + "\n")
 
