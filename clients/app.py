@@ -13,6 +13,12 @@ malicious (:mod:`clients.attacks`), its local steps under ``[heterogeneity]``. E
 training reply reports the client's compute (steps, FedNova's normalized steps,
 examples) and what it is (Keras or torch, malicious or not), so the server side and the
 results need not recompute it.
+
+A train message is handled in three steps: :func:`prepare_training` (read the message,
+draw the round's batches), the trainer's ``fit``, :func:`finish_training` (reply, node
+state). The vectorized backend (:mod:`clients.vectorized`) runs the same first and last
+steps around one batched ``fit`` for a round's clients, so its replies and node states
+are built by this code too.
 """
 
 from __future__ import annotations
