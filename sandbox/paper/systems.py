@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def frameworks(spec, base: Path, work: Path) -> Section:
                                   dp=tuple(spec.dp), modes=tuple(spec.modes) or None))
     shutil.copyfile(out / "frameworks.png", work / "frameworks.png")
     payload = json.loads((out / "frameworks.json").read_text())
-    table = _markdown_table((out / "frameworks.md").read_text())
+    tables = markdown_tables((out / "frameworks.md").read_text())
     curves: dict[str, list[list[float]]] = {}
     for record in payload["runs"]:
         if record.get("status") == "ok":
@@ -58,7 +59,7 @@ def frameworks(spec, base: Path, work: Path) -> Section:
              f"fresh process per run), DP-SGD {spec.dp}, {spec.seeds} seed(s) per setting. "
              "Accuracies are reproduced by a rebuild; step times, compile cost, memory and "
              "time to target are measured on this machine under its load.",
-        tables=[table] if table else [],
+        tables=tables,
         figures=[Figure("framework_accuracy.png", "Validation accuracy per round of every "
                         "execution mode (lines of equal numbers overlap). "
                         + seeds_note({spec.seeds})),
@@ -87,17 +88,23 @@ def framework_numbers(payload: dict) -> dict:
             "agreement": payload.get("agreement")}
 
 
-def _markdown_table(text: str) -> Table | None:
-    """The first pipe table of a markdown file; the text before it is the caption."""
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
-    if start is None:
-        return None
-    block = [line for line in lines[start:] if line.startswith("|")]
-    split = [[c.strip() for c in line.strip("|").split("|")] for line in block]
-    caption = " ".join(line.replace("**", "") for line in lines[:start]
-                       if line and not line.startswith("#"))
-    return Table(caption or "Framework comparison.", split[0], split[2:])
+def markdown_tables(text: str) -> list[Table]:
+    """The pipe tables of a markdown file; the paragraph before each is its caption."""
+    tables, caption, block = [], [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append([c.strip().replace("\\|", "|")
+                          for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))])
+            continue
+        if block:
+            tables.append(Table(" ".join(caption) or "Framework comparison.", block[0],
+                                block[2:]))
+            block, caption = [], []
+        if line.startswith("#"):
+            caption = []
+        elif line.strip():
+            caption.append(line.replace("**", "").strip())
+    return tables
 
 
 # --- TensorFlow Federated twin -------------------------------------------------------
