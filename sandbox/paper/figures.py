@@ -28,12 +28,14 @@ def _save(fig, path: Path) -> None:
     _pyplot().close(fig)
 
 
-def _band(ax, x, estimates: list[MeanCI], label: str, **style) -> None:
+def _band(ax, x, estimates: list[MeanCI], label: str, **style) -> str:
+    """Plot the means and their 95 % band; the line's color."""
     mean = np.array([e.mean for e in estimates])
     half = np.array([e.half_width or 0.0 for e in estimates])
     line, = ax.plot(x, mean, label=label, **style)
     if half.any():
         ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.2)
+    return line.get_color()
 
 
 def curves(groups: dict[str, list[list[float]]], path: Path, *, title: str,
@@ -57,13 +59,16 @@ def lines(series: dict[str, list[tuple[float, MeanCI]]], path: Path, *, title: s
     """y (mean, 95 % band) against x, one line per series; baselines dashed, with band."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    colors = {}
     for label, points in series.items():
         points = sorted(points, key=lambda p: p[0])
-        _band(ax, [p[0] for p in points], [p[1] for p in points], label, marker="o")
-    for label, estimate in (baselines or {}).items():
-        line = ax.axhline(estimate.mean, ls="--", color="gray", label=label)
+        colors[label] = _band(ax, [p[0] for p in points], [p[1] for p in points], label,
+                              marker="o")
+    for label, estimate in (baselines or {}).items():  # "<series>: no DP" in its color
+        color = colors.get(label.split(":")[0], "gray")
+        ax.axhline(estimate.mean, ls="--", color=color, label=label)
         if estimate.half_width:
-            ax.axhspan(estimate.low, estimate.high, color=line.get_color(), alpha=0.15)
+            ax.axhspan(estimate.low, estimate.high, color=color, alpha=0.1)
     if xlog:
         ax.set_xscale("log")
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
