@@ -52,13 +52,22 @@ CASES = {
     "torch_vectorized": {"framework": "torch", "backend": "vectorized"},
     "torch_vectorized_dp_sgd": {"framework": "torch", "backend": "vectorized", **DP},
     "torch_pool": {"framework": "torch", "backend": "pool", "runtime.workers": 2},
+    # execution modes (runtime.keras_mode / torch_mode): the same updates, other kernels;
+    # Keras eager runs graph's kernels, so keras_eager.json equals keras.json
+    "keras_eager": {"framework": "keras", "runtime.keras_mode": "eager"},
+    "keras_xla": {"framework": "keras", "runtime.keras_mode": "xla"},
+}
+#: cases under the slow marker (TorchInductor compiles for about a minute on 2 cores)
+SLOW_CASES = {
+    "torch_compile": {"framework": "torch", "runtime.torch_mode": "compile"},
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [*sorted(CASES), *(
+    pytest.param(case, marks=pytest.mark.slow) for case in sorted(SLOW_CASES))])
 def test_metrics_match_golden(tmp_path, case):
     cfg = sandbox.load_config(ROOT / "configs" / "quickstart.toml",
-                              small_overrides(tmp_path, **CASES[case]))
+                              small_overrides(tmp_path, **(CASES | SLOW_CASES)[case]))
     result = sandbox.run(cfg)
     produced = json.loads((result.run_dir / "metrics.json").read_text())
     path = GOLDEN / f"{case}.json"
@@ -73,3 +82,9 @@ def test_metrics_match_golden(tmp_path, case):
                 assert got[key] is None, (got["round"], key)
             else:  # float32 training: tolerate the last bits of another CPU's kernels
                 assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (got["round"], key)
+
+
+def test_keras_eager_golden_equals_graph():
+    """Keras eager runs the graph mode's kernels in the same order: the same numbers."""
+    eager = json.loads((GOLDEN / "keras_eager.json").read_text())
+    assert eager == json.loads((GOLDEN / "keras.json").read_text())
