@@ -73,11 +73,15 @@ CASES = {
                                      ["runtime.torch_mode", "framework = 'keras'"]),
     "keras mode for torch clients": (run_args("runtime.keras_mode=xla"),
                                      ["runtime.keras_mode", "framework = 'torch'"]),
+    "torch compile on vectorized": (run_args("backend=vectorized", "runtime.torch_mode=compile"),
+                                    ["runtime.torch_mode", "backend = 'vectorized'",
+                                     "allowed: torch_mode = 'eager'"]),
     "compare-frameworks unknown mode": (
         ["compare-frameworks", QUICK, "--modes", "torch-eager,jax-jit", "--out", "{inp}/../out"],
         ["jax-jit", "torch-compile", "keras-xla"]),
     "compare-frameworks zero seeds": (
-        ["compare-frameworks", QUICK, "--seeds", "0", "--out", "{inp}/../out"], ["seeds", "1..100"]),
+        ["compare-frameworks", QUICK, "--seeds", "0", "--out", "{inp}/../out"],
+        ["seeds", "1..100"]),
     "compare-frameworks target above 1": (
         ["compare-frameworks", QUICK, "--target", "1.5", "--out", "{inp}/../out"],
         ["target", "0 < target <= 1"]),
