@@ -6,6 +6,10 @@ is checked by ``tests/test_determinism.py::test_determinism_matrix``.
 
 from __future__ import annotations
 
+import functools
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -101,3 +105,24 @@ def test_keras_inline_needs_one_count_for_clients_and_server(tmp_path, capsys):
     assert "runtime.server_threads = 2 differs from runtime.threads_per_client = 1" in err
     assert "backend = 'ray'" in err
     assert not out.exists()
+
+
+def test_openmp_threads_sleep_when_idle_unless_the_environment_says_otherwise():
+    """A run's imports set OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP (spinning idle
+    teams made 2-thread clients many times slower on a shared machine); a value the user
+    set is kept, and torch imported first gets one warning at a count above 1."""
+    probe = ("import os, sandbox, clients.threads as t; from sandbox.engine import api; "
+             "import torch; print(t._POLICY_TOO_LATE, os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = functools.partial(subprocess.run, capture_output=True, text=True, check=True,
+                            cwd=ROOT)
+    assert run([sys.executable, "-c", probe], env=env).stdout.split() == ["False", "PASSIVE"]
+    kept = run([sys.executable, "-c", probe], env=env | {"OMP_WAIT_POLICY": "ACTIVE"})
+    assert kept.stdout.split() == ["False", "ACTIVE"]
+    late = ("import torch, logging; logging.basicConfig(); "
+            "from clients.threads import framework_threads\n"
+            "for _ in range(2):\n"
+            "    with framework_threads('torch', 2): pass\n"
+            "with framework_threads('torch', 1): pass")
+    warned = run([sys.executable, "-c", late], env=env).stderr
+    assert warned.count("torch was imported before fedsandbox") == 1, warned
