@@ -1,9 +1,9 @@
 """Client selection and aggregation order are pure functions of the config and seed.
 
-The matrix: framework x thread count x backend x "alone in a fresh process" vs "after other
-runs in the same process". Every cell must give the same per-round metrics and the same
-clients (the vectorized backend, torch only: the same as itself, and the inline metrics
-within float32 rounding).
+The matrix: framework x thread count x backend x execution mode (``runtime.torch_mode`` /
+``keras_mode``) x "alone in a fresh process" vs "after other runs in the same process".
+Every cell must give the same per-round metrics and the same clients (the vectorized
+backend, torch only: the same as itself, and the inline metrics within float32 rounding).
 """
 
 from __future__ import annotations
@@ -144,3 +144,52 @@ def test_new_strategies_repeat_in_a_fresh_process_and_after_other_runs(tmp_path,
                                             small_overrides(tmp_path / "c", **extra)))
     assert json.dumps(again.rounds) == json.dumps(fresh["rounds"])
     assert again.rounds[-1]["central_val_accuracy"] is not None
+
+
+#: the execution modes other than the defaults (torch eager, Keras graph), at 1 and 2
+#: threads per client; torch.compile under the slow marker (TorchInductor compiles for
+#: about a minute on a 2-core machine)
+EXECUTION_MODES = [
+    pytest.param("keras", "eager", 1, False, id="keras-eager-1"),
+    pytest.param("keras", "eager", 2, False, id="keras-eager-2"),
+    pytest.param("keras", "xla", 1, False, id="keras-xla-1"),
+    pytest.param("keras", "xla", 2, False, id="keras-xla-2", marks=pytest.mark.slow),
+    pytest.param("keras", "eager", 1, True, id="keras-eager-1-dp", marks=pytest.mark.slow),
+    pytest.param("keras", "xla", 1, True, id="keras-xla-1-dp", marks=pytest.mark.slow),
+    pytest.param("keras", "xla", 2, True, id="keras-xla-2-dp", marks=pytest.mark.slow),
+    pytest.param("torch", "compile", 1, False, id="torch-compile-1", marks=pytest.mark.slow),
+    pytest.param("torch", "compile", 2, False, id="torch-compile-2", marks=pytest.mark.slow),
+    pytest.param("torch", "compile", 1, True, id="torch-compile-1-dp", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize(("framework", "mode", "threads", "private"), EXECUTION_MODES)
+def test_execution_modes_repeat_alone_and_after_other_runs(tmp_path, framework, mode, threads,
+                                                           private):
+    """``runtime.torch_mode`` / ``keras_mode``: the same clients and metrics alone in a fresh
+    process and after other runs (the other framework, this framework's default mode, this
+    mode with another seed), with and without seeded DP-SGD.
+
+    At 1 thread the other runs are in this process (after whatever the suite ran before);
+    at 2 in a fresh one, since this process's TensorFlow is fixed at 1 thread.
+    """
+    key = f"runtime.{framework}_mode"
+    counts = {"runtime.threads_per_client": threads, "runtime.server_threads": threads}
+    dp = {"privacy.sample.enabled": True, "privacy.noise": "seeded"} if private else {}
+    extra = {"framework": framework, key: mode, **PARTIAL, **counts, **dp}
+    other = "keras" if framework == "torch" else "torch"
+    before = [{"framework": other, "seed": 5, **counts, **dp},
+              {"framework": framework, "seed": 7, **counts, **dp}, {**extra, "seed": 9}]
+    alone = _subprocess_run(RUN.format(tmp=str(tmp_path / "a"), before=[], extra=extra))
+    if threads == DEFAULT_THREADS:
+        for overrides in [*before, extra]:
+            result = sandbox.run(sandbox.load_config(ROOT / "configs" / "quickstart.toml",
+                                                     small_overrides(tmp_path / "b", **overrides)))
+        after = {"rounds": result.rounds, "participation": json.loads(
+            (result.run_dir / "participation.json").read_text())}
+    else:
+        after = _subprocess_run(RUN.format(tmp=str(tmp_path / "b"), extra=extra, before=before))
+    assert [len(alone["participation"][str(r)]["train"]) for r in (1, 2, 3)] == [3, 3, 3]
+    assert after["participation"] == alone["participation"]
+    assert json.dumps(after["rounds"]) == json.dumps(alone["rounds"])
+    assert alone["rounds"][-1]["central_val_accuracy"] is not None

@@ -3,7 +3,8 @@
 Same initial weights and batches in every mode: the Keras modes train to the same weights
 (float32 rounding apart), torch.compile to eager's, and the comparison's per-round
 validation accuracy agrees between paired modes. A mode that cannot run is reported as
-unavailable with its reason, never replaced by another one.
+unavailable with its reason, never replaced by another one. (That each mode repeats its
+metrics alone and after other runs, at 1 and 2 threads: tests/test_determinism.py.)
 """
 
 from __future__ import annotations
@@ -165,21 +166,3 @@ def test_bad_arguments_raise_before_anything_is_written(kwargs, tmp_path):
     with pytest.raises(ConfigError):
         compare_frameworks(QUICK, tmp_path / "cmp", overrides=TINY, **kwargs)
     assert not (tmp_path / "cmp").exists()
-
-
-@pytest.mark.slow  # three federations in one process
-@pytest.mark.parametrize("mode", ["eager", "xla"])
-def test_keras_modes_repeat_after_other_runs(tmp_path, mode):
-    """Same config and seed, same metrics, whatever ran before in the process (seeded DP)."""
-    import sandbox
-    from tests.conftest import small_overrides
-
-    def metrics(name: str, **extra) -> list[dict]:
-        cfg = sandbox.load_config(QUICK, small_overrides(tmp_path / name, **{
-            "framework": "keras", "runtime.keras_mode": mode, "privacy.sample.enabled": True,
-            "privacy.noise": "seeded", **extra}))
-        return sandbox.run(cfg).rounds
-
-    first = metrics("a")
-    metrics("b", seed=7, **{"runtime.keras_mode": "graph"})
-    assert metrics("c") == first
