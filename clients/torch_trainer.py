@@ -107,6 +107,30 @@ def load_weights(module: nn.Module, weights: list[np.ndarray]) -> None:
             param.copy_(torch.from_numpy(np.ascontiguousarray(to_torch_layout(array))))
 
 
+@torch.no_grad()
+def sgd_update(params: list[torch.Tensor], grads: tuple[torch.Tensor, ...],
+               buffers: list[torch.Tensor | None], *, lr: float, momentum: float) -> None:
+    """One step of SGD with (heavy-ball) momentum, in place: ``torch.optim.SGD``'s update.
+
+    The same tensor operations in the same order as ``torch.optim.SGD`` (dampening 0, no
+    weight decay, not Nesterov) on CPU, so the weights are bit-identical
+    (``tests/test_trainers.py``); it skips the optimizer's per-step Python machinery
+    (``.grad`` accumulation, hooks, profiler records), which cost as much as the step's
+    arithmetic on small models (``benchmarks/bench_step_gap.py``). ``buffers`` holds the
+    momentum buffers (``None`` before the first step). Momentum: Polyak, "Some methods of
+    speeding up the convergence of iteration methods" (1964); in this form, Sutskever et
+    al., "On the importance of initialization and momentum in deep learning" (ICML 2013).
+    """
+    for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
+        if momentum:
+            if buffers[i] is None:
+                buffers[i] = torch.clone(grad).detach()
+            else:
+                buffers[i].mul_(momentum).add_(grad)
+            grad = buffers[i]
+        param.add_(grad, alpha=-lr)
+
+
 class TorchTrainer:
     """Local SGD/Adam training of a ``SpecModule`` (see :class:`clients.trainer.Trainer`)."""
 
@@ -166,25 +190,36 @@ class TorchTrainer:
         if dp is not None:
             return self._fit_private(x, y, schedule, seed=seed, dp=dp, secure_rng=secure_rng,
                                      offsets=offsets)
-        optimizer = self._optimizer()  # fresh optimizer state each round, as in FedAvg
+        # Fresh optimizer state each round, as in FedAvg. SGD is applied by sgd_update
+        # (torch.optim.SGD's arithmetic without its per-step Python machinery).
+        optimizer = None if self.cfg.optimizer == "sgd" else self._optimizer()
+        params = list(self.module.parameters())
+        momentum_buffers: list[torch.Tensor | None] = [None] * len(params)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         self.module.train()
         total = torch.zeros(())
-        anchor = [p.detach().clone() for p in self.module.parameters()] if proximal_mu else []
+        anchor = [p.detach().clone() for p in params] if proximal_mu else []
         for row in torch.from_numpy(schedule):
             idx = row[row != PAD]  # the last batch of an epoch may be partial
-            optimizer.zero_grad(set_to_none=True)
             loss = self._batch_loss(xt[idx], yt[idx])
             objective = loss
             if proximal_mu:  # FedProx (Li et al. 2020): (mu/2) ||w - w_global||^2
                 objective = loss + proximal_mu / 2 * sum(
-                    (p - a).pow(2).sum() for p, a in zip(self.module.parameters(), anchor,
-                                                         strict=True))
-            objective.backward()
-            if offsets:  # SCAFFOLD: g + c - c_i
-                for param, offset in zip(self.module.parameters(), offsets, strict=True):
-                    param.grad.add_(offset)
-            optimizer.step()
+                    (p - a).pow(2).sum() for p, a in zip(params, anchor, strict=True))
+            if optimizer is None:
+                grads = torch.autograd.grad(objective, params)
+                if offsets:  # SCAFFOLD: g + c - c_i
+                    for grad, offset in zip(grads, offsets, strict=True):
+                        grad.add_(offset)
+                sgd_update(params, grads, momentum_buffers, lr=self.cfg.lr,
+                           momentum=self.cfg.momentum)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                objective.backward()
+                if offsets:
+                    for param, offset in zip(params, offsets, strict=True):
+                        param.grad.add_(offset)
+                optimizer.step()
             total += loss.detach()  # the data loss, without the proximal term (as Keras)
         return float(total) / max(len(schedule), 1)
 

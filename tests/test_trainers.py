@@ -310,3 +310,56 @@ def test_a_train_reply_reports_compute_identity_and_the_pre_training_loss(framew
     assert metrics[wire.PRE_TRAIN_LOSS] == pytest.approx(
         evaluator.evaluate(data.x_train, data.y_train)[0], rel=1e-6)
     assert wire.PRE_TRAIN_LOSS not in plain.content[wire.METRICS]
+
+
+@pytest.mark.parametrize("case", ["plain", "momentum", "fedprox", "scaffold", "dropout_cnn"])
+def test_torch_sgd_steps_equal_torch_optim_sgd_bit_for_bit(case, digits):
+    """The torch trainer's SGD update (clients.torch_trainer.sgd_update, no optimizer object)
+    gives the weights of torch.optim.SGD's loop exactly: momentum, FedProx's proximal term,
+    SCAFFOLD's correction and dropout included."""
+    import torch
+
+    from clients.torch_trainer import TorchTrainer, to_torch_layout
+
+    client, _ = digits
+    momentum = 0.9 if case in ("momentum", "scaffold") else 0.0
+    model = (ModelConfig(arch="cnn", channels=[4], hidden=[16], dropout=0.3)
+             if case == "dropout_cnn" else ModelConfig(arch="mlp", hidden=[16]))
+    train = TrainConfig(lr=0.05, momentum=momentum, local_steps=7, batch_size=16)
+    spec = ModelSpec.from_config(model, client.x_train.shape[1:], 10)
+    start = spec.init_weights(3)
+    schedule = batch_schedule(len(client.y_train), train, np.random.default_rng(1))
+    mu = 0.1 if case == "fedprox" else 0.0
+    rng = np.random.default_rng(2)
+    correction = ([rng.normal(size=w.shape).astype(np.float32) for w in start]
+                  if case == "scaffold" else None)
+    trainer = TorchTrainer(spec, train)
+    trainer.set_weights(start)
+    trainer.fit(client.x_train, client.y_train, schedule, seed=5, proximal_mu=mu,
+                correction=correction)
+    ours = trainer.get_weights()
+
+    reference = TorchTrainer(spec, train)
+    reference.set_weights(start)
+    module = reference.module
+    params = list(module.parameters())
+    offsets = ([torch.from_numpy(np.ascontiguousarray(to_torch_layout(c))) for c in correction]
+               if correction else [])
+    anchor = [p.detach().clone() for p in params]
+    optimizer = torch.optim.SGD(params, lr=train.lr, momentum=train.momentum)
+    torch.random.default_generator.manual_seed(5)
+    module.train()
+    x, y = torch.from_numpy(client.x_train), torch.from_numpy(client.y_train)
+    for row in torch.from_numpy(schedule):
+        idx = row[row != PAD]
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(module(x[idx]), y[idx])
+        if mu:
+            loss = loss + mu / 2 * sum((p - a).pow(2).sum()
+                                       for p, a in zip(params, anchor, strict=True))
+        loss.backward()
+        for param, offset in zip(params, offsets, strict=False):  # none without SCAFFOLD
+            param.grad.add_(offset)
+        optimizer.step()
+    for got, want in zip(ours, reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
