@@ -171,15 +171,17 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Every speed figure beside its goal: benchmarks/RESULTS.md (~40 min on 2 cores).
 
-    Runtime overhead (bare loop / inline / pool / Ray, and t_round = a + b·K) and DP-SGD
-    step time at 1 and 2 threads, each in its own process (TensorFlow fixes its thread
-    pools once per process); vectorized clients; checkpoint cost; the quickstart's wall
-    time; then the summary table at the top of RESULTS.md.
+    Runtime overhead (bare loop / inline / pool / Ray, and t_round = a + b·K), DP-SGD
+    step time and the torch-vs-Keras plain step at 1 and 2 threads, each in its own
+    process (TensorFlow fixes its thread pools once per process); vectorized clients;
+    checkpoint cost; the quickstart's wall time; then the summary table at the top of
+    RESULTS.md.
     """
     for threads in ("1", "2"):
         _run(session, "python", "benchmarks/bench_runtime.py", "--threads", threads,
              *session.posargs)
         _run(session, "python", "benchmarks/bench_dp.py", "--threads", threads)
+        _run(session, "python", "benchmarks/bench_step_gap.py", "--threads", threads)
     if (ROOT / "benchmarks" / "bench_vectorized.py").is_file():
         _run(session, "python", "benchmarks/bench_vectorized.py")
     _run(session, "python", "benchmarks/bench_checkpoint.py")

@@ -93,6 +93,20 @@ def vectorized_rows() -> list[str]:
     return rows
 
 
+def step_gap_rows(threads: int) -> list[str]:
+    data = _load(f"step_gap_threads{threads}.json")
+    label = f"{threads} thread{'s' if threads > 1 else ''}"
+    source = f"Plain step: torch eager vs Keras graph ({label})"
+    if data is None:
+        return [_row(f"plain MLP step, torch / Keras ({label})", "explain", "not run", source)]
+    r = data["row"]
+    return [_row(f"plain MLP step, torch eager / Keras graph, {label}", "explain",
+                 f"{r['torch Trainer.fit']:.3f} / {r['keras Trainer.fit']:.3f} ms = "
+                 f"{r['torch Trainer.fit'] / r['keras Trainer.fit']:.1f}× "
+                 f"({r['aten ops per step']:.0f} aten ops per torch step; arithmetic "
+                 f"{r['numpy matmuls']:.3f} ms)", source)]
+
+
 def quickstart_rows() -> list[str]:
     data = _load("quickstart_threads1.json")
     source = "bench_quickstart.py"
@@ -111,6 +125,7 @@ def main() -> None:
              "ratio within one run of its benchmark; details and commands in the sections "
              "below).", "", "| figure | goal | measured | section |", "|---|---|---|---|",
              *runtime_rows(1), *runtime_rows(2), *vectorized_rows(), *dp_rows(1), *dp_rows(2),
+             *step_gap_rows(1), *step_gap_rows(2),
              *quickstart_rows(), ""]
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
     if MARKER not in text:  # first time: right under the title
