@@ -1,6 +1,6 @@
 """kill -9 mid-run, then `fedsandbox run --resume RUN_DIR`: the finished run's metrics
 equal an uninterrupted run's byte for byte (torch with DP-SGD, and Keras; backends inline,
-vectorized and pool)."""
+vectorized and pool; Keras XLA and torch.compile)."""
 
 from __future__ import annotations
 
@@ -43,16 +43,24 @@ CASES = {
     "pool-dp": {"framework": "torch", "backend": "pool", "runtime.workers": 2,
                 "federation.fraction_train": 0.5, "privacy.sample.enabled": True,
                 "privacy.noise": "seeded"},
+    # an execution mode other than the framework's default (config.toml keeps it)
+    "keras-xla": {"framework": "keras", "runtime.keras_mode": "xla"},
+}
+#: cases under the slow marker (TorchInductor compiles for about a minute on 2 cores)
+SLOW_CASES = {
+    "torch-compile-dp": {"framework": "torch", "runtime.torch_mode": "compile",
+                         "privacy.sample.enabled": True, "privacy.noise": "seeded"},
 }
 
 
 def overrides(case: str, out) -> dict:
     return {"rounds": 30, "model.arch": "mlp", "model.hidden": [16], "data.num_clients": 4,
             "output.progress": False, "output.plot": False, "output.dir": str(out),
-            **CASES[case]}
+            **(CASES | SLOW_CASES)[case]}
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [*sorted(CASES), *(
+    pytest.param(case, marks=pytest.mark.slow) for case in sorted(SLOW_CASES))])
 def test_kill_9_then_resume_gives_the_uninterrupted_metrics(tmp_path, case):
     killed_out = tmp_path / "killed"
     argv = [sys.executable, "-m", "sandbox", "run", str(ROOT / "configs" / "quickstart.toml"),
@@ -86,8 +94,11 @@ def test_kill_9_then_resume_gives_the_uninterrupted_metrics(tmp_path, case):
     final = ROOT / resumed.stdout.strip().splitlines()[-1]
     assert final.name == run_dir.name.removesuffix(".partial")
     assert not (final / "checkpoint.pkl").exists()
-    reference = sandbox.run(sandbox.load_config(ROOT / "configs" / "quickstart.toml",
-                                                overrides(case, tmp_path / "reference")))
+    config = sandbox.load_config(ROOT / "configs" / "quickstart.toml",
+                                 overrides(case, tmp_path / "reference"))
+    # the resumed run kept every setting (execution modes included)
+    assert sandbox.load_config(final / "config.toml").config_hash() == config.config_hash()
+    reference = sandbox.run(config)
     for name in ("metrics.json", "participation.json", "privacy.json"):
         assert (final / name).read_text() == (reference.run_dir / name).read_text(), name
 
