@@ -104,7 +104,8 @@ def load_weights(module: nn.Module, weights: list[np.ndarray]) -> None:
         raise ValueError(f"expected {len(params)} weight arrays, got {len(weights)}")
     with torch.no_grad():
         for param, array in zip(params, weights, strict=True):
-            param.copy_(torch.from_numpy(np.ascontiguousarray(to_torch_layout(array))))
+            # copy_ reads the transposed view directly (no contiguous copy in numpy first)
+            param.copy_(torch.from_numpy(to_torch_layout(np.asarray(array, np.float32))))
 
 
 @torch.no_grad()

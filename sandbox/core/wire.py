@@ -13,9 +13,10 @@ Messages
 ledger), :data:`TRAIN_LOSS` and, under DP-SGD, :data:`DP_EPSILON` /
 :data:`DP_NOISE_MULTIPLIER` from the node's own accountant.
 ``evaluate``: reply ``{"metrics"}`` with :data:`NUM_EXAMPLES`, :data:`EVAL_LOSS`,
-:data:`EVAL_ACCURACY` on the client's local test split and its :data:`PARTITION_ID`. ``query.partition`` (once per
-run, before round 1): reply ``{"metrics"}`` with the node's :data:`PARTITION_ID`, so the
-server maps node ids to partition ids on every runtime.
+:data:`EVAL_ACCURACY` on the client's local test split and its :data:`PARTITION_ID`.
+``query.partition`` (once per run, before round 1): reply ``{"metrics"}`` with the
+node's :data:`PARTITION_ID`, so the server maps node ids to partition ids on every
+runtime.
 
 Model encoding
 --------------
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -139,11 +141,20 @@ def from_record(record: ArrayRecord, shapes: list[tuple[int, ...]]) -> list[np.n
     if FLAT_KEY not in record:
         raise ValueError(f"expected one array '{FLAT_KEY}', got keys {list(record.keys())}")
     flat = from_array(record[FLAT_KEY])
-    sizes = [int(np.prod(shape)) for shape in shapes]
-    if flat.size != sum(sizes):
-        raise ValueError(f"flat weights have {flat.size} values, the model needs {sum(sizes)}")
-    chunks = np.split(flat, np.cumsum(sizes)[:-1])
-    return [chunk.reshape(shape) for chunk, shape in zip(chunks, shapes, strict=True)]
+    bounds = _bounds(tuple(tuple(shape) for shape in shapes))
+    if flat.size != bounds[-1]:
+        raise ValueError(f"flat weights have {flat.size} values, the model needs {bounds[-1]}")
+    return [flat[start:end].reshape(shape)
+            for start, end, shape in zip(bounds, bounds[1:], shapes, strict=False)]
+
+
+@functools.lru_cache(maxsize=64)
+def _bounds(shapes: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
+    """Offsets of each array in the flat vector, and its length: (0, n1, n1 + n2, ...)."""
+    bounds = [0]
+    for shape in shapes:
+        bounds.append(bounds[-1] + math.prod(shape))
+    return tuple(bounds)
 
 
 def record_to_arrays(spec: ModelSpec, record: ArrayRecord) -> list[np.ndarray]:
