@@ -173,7 +173,8 @@ def bench(session: nox.Session) -> None:
 
     Runtime overhead (bare loop / inline / pool / Ray, and t_round = a + b·K), DP-SGD
     step time and the torch-vs-Keras plain step at 1 and 2 threads, each in its own
-    process (TensorFlow fixes its thread pools once per process); vectorized clients;
+    process (TensorFlow fixes its thread pools once per process); where an inline client
+    message's time goes; vectorized clients;
     checkpoint cost; the quickstart's wall time; then the summary table at the top of
     RESULTS.md.
     """
@@ -182,6 +183,7 @@ def bench(session: nox.Session) -> None:
              *session.posargs)
         _run(session, "python", "benchmarks/bench_dp.py", "--threads", threads)
         _run(session, "python", "benchmarks/bench_step_gap.py", "--threads", threads)
+    _run(session, "python", "benchmarks/bench_inline_breakdown.py")
     if (ROOT / "benchmarks" / "bench_vectorized.py").is_file():
         _run(session, "python", "benchmarks/bench_vectorized.py")
     _run(session, "python", "benchmarks/bench_checkpoint.py")

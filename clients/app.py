@@ -269,8 +269,9 @@ def failures_as_replies(cfg: Config, purpose: str):
             try:
                 server_round = int(msg.content[wire.CONFIG][wire.SERVER_ROUND])
                 delay = injected_delay(cfg, pid)
-                if delay:
-                    time.sleep(delay)
+                end = time.monotonic() + delay
+                while (left := end - time.monotonic()) > 0:  # in slices: a stopped client
+                    time.sleep(min(left, 0.05))              # stops within 50 ms
                 why = injected_failure(cfg, server_round, pid, purpose)
                 if why is not None:
                     raise InjectedFault(why)

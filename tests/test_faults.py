@@ -4,6 +4,7 @@ run goes on with the replies it got, and stops clearly when too few remain."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -84,3 +85,20 @@ def test_fault_and_runtime_keys_are_checked(small, overrides, needle):
     with pytest.raises(sandbox.ConfigError, match=needle.replace("[", r"\[").replace(
             "]", r"\]")):
         small(**overrides)
+
+
+def test_a_client_that_hangs_inline_is_stopped_and_stops_the_run(small, monkeypatch):
+    """Past its timeout plus the grace period the inline grid's watchdog stops the client
+    (it would sleep 30 s) and the run fails with a message naming the node and the limit."""
+    from sandbox.engine.runtime import inline
+
+    monkeypatch.setattr(inline, "GRACE_S", 0.3)
+    monkeypatch.setattr(inline, "WATCH_INTERVAL_S", 0.05)
+    cfg = small(rounds=2, **{"faults.slow_partitions": [3], "faults.slow_seconds": 30.0,
+                             "runtime.client_timeout_s": 0.2})
+    started = time.monotonic()
+    with pytest.raises(sandbox.RunFailed) as caught:
+        sandbox.run(cfg)
+    assert time.monotonic() - started < 25  # stopped, not slept to the end
+    assert "was still running 0.5 s after it started" in str(caught.value.cause)
+    assert "was stopped" in str(caught.value.cause)

@@ -9,10 +9,11 @@ a ``Grid``.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
-import queue
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Iterable
 
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -27,50 +28,61 @@ from sandbox.core import wire
 FIRST_NODE_ID = 1_000
 #: How long a timed-out client may still run before the run stops (at least the timeout).
 GRACE_S = 10.0
+#: How often the watchdog looks for a client past its deadline.
+WATCH_INTERVAL_S = 0.5
 
 
-class _Call:
-    """One ClientApp call handed to the worker thread, and what it gave."""
+class ClientHung(BaseException):
+    """Raised inside a ClientApp call that ran past its time limit, to stop it.
 
-    __slots__ = ("args", "done", "error", "fn", "reply")
-
-    def __init__(self, fn: Callable, args: tuple) -> None:
-        self.fn, self.args = fn, args
-        self.done = threading.Event()
-        self.reply: Message | None = None
-        self.error: BaseException | None = None
+    A ``BaseException``, so the ClientApp's failure handling (which turns exceptions into
+    error replies) lets it through to the grid.
+    """
 
 
-class _ClientWorker:
-    """One persistent thread that runs the grid's ClientApp calls, one at a time.
+class _Watchdog:
+    """Stops a ClientApp call still running after its deadline.
 
-    A thread of its own lets the grid stop waiting for a client after
-    ``runtime.client_timeout_s``; one persistent thread instead of one per message saves
-    ~0.12 ms per client and round (thread start and join; measured in
-    ``benchmarks/bench_runtime.py``'s notes).
+    One persistent thread that wakes every :data:`WATCH_INTERVAL_S` seconds and, when the
+    armed call has passed its deadline, raises :class:`ClientHung` in the thread running
+    it (``PyThreadState_SetAsyncExc``: delivered when that thread next runs Python code).
+    Arming and disarming take an uncontended lock and wake nobody, so a call costs the
+    grid no thread switch.
     """
 
     def __init__(self) -> None:
-        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name="inline-client", daemon=True)
+        self._lock = threading.Lock()
+        self._armed: tuple[object, int, float] | None = None  # token, thread id, deadline
+        self._fired: object | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="inline-watchdog",
+                                        daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable, *args) -> _Call:
-        call = _Call(fn, args)
-        self._calls.put(call)
-        return call
+    def arm(self, deadline: float) -> object:
+        token = object()
+        with self._lock:
+            self._armed = (token, threading.get_ident(), deadline)
+        return token
+
+    def disarm(self, token: object) -> bool:
+        """End the watch of ``token``'s call; whether it was stopped."""
+        with self._lock:
+            self._armed = None
+            return self._fired is token
 
     def close(self) -> None:
-        """Let the thread end after the calls already submitted."""
-        self._calls.put(None)
+        self._stop.set()
 
-    def _serve(self) -> None:
-        while (call := self._calls.get()) is not None:
-            try:
-                call.reply = call.fn(*call.args)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                call.error = exc
-            call.done.set()
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCH_INTERVAL_S):
+            with self._lock:
+                if self._armed is None or time.monotonic() < self._armed[2]:
+                    continue
+                token, thread_id, _ = self._armed
+                self._armed, self._fired = None, token
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
+                                                           ctypes.py_object(ClientHung))
 
 
 class InlineGrid(Grid):
@@ -93,11 +105,11 @@ class InlineGrid(Grid):
         }
         self._message_ids = itertools.count(1)
         self._pending: dict[str, Message] = {}
-        self._worker = _ClientWorker()
+        self._watchdog = _Watchdog()
 
     def close(self) -> None:
-        """Release the grid's worker thread (after the run)."""
-        self._worker.close()
+        """Release the grid's watchdog thread (after the run)."""
+        self._watchdog.close()
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -139,13 +151,13 @@ class InlineGrid(Grid):
 
     def pull_messages(self, message_ids: Iterable[str], *,
                       timeout: float | None = None) -> Iterable[Message]:
-        """Run each pending message's ClientApp call, one after another.
+        """Run each pending message's ClientApp call, one after another, in this thread.
 
         A call that takes longer than ``timeout`` seconds gives no reply (the strategy
-        records the client as timed out). Python cannot stop a running function, so the
-        grid then waits up to ``max(timeout, GRACE_S)`` more for it to return before the
-        next client starts (clients share this process's trainers); a client still
-        running after that stops the run instead of hanging it.
+        records the client as timed out). Clients share this process's trainers, so the
+        next client starts only when a call has returned; a call still running
+        ``max(timeout, GRACE_S)`` seconds after its timeout is stopped (:class:`_Watchdog`)
+        and stops the run instead of hanging it.
         """
         replies = []
         for message_id in message_ids:
@@ -157,20 +169,32 @@ class InlineGrid(Grid):
         return replies
 
     def _call(self, msg: Message, timeout: float | None) -> Message | None:
+        """The ClientApp's reply to ``msg``, or ``None`` if it took longer than ``timeout``.
+
+        The call runs in this thread: handing it to a client thread (as an earlier version
+        did, to stop waiting at the timeout) cost a thread switch per message, 14 % of a
+        run's wall time with federated evaluation (benchmarks/RESULTS.md).
+        """
         context = self._contexts[msg.metadata.dst_node_id]
-        call = self._worker.submit(self._client_app, msg, context)
-        if not call.done.wait(timeout):
-            grace = max(timeout, GRACE_S)
-            if not call.done.wait(grace):
-                raise RuntimeError(
-                    f"the client of node {msg.metadata.dst_node_id} is still running "
-                    f"{timeout + grace:g} s after it started (runtime.client_timeout_s = "
-                    f"{timeout:g}); the inline backend cannot stop a running client: use "
-                    "backend = 'pool' or 'ray' for clients that may hang")
+        limit = float("inf") if timeout is None else timeout
+        started = time.monotonic()
+        token = self._watchdog.arm(started + limit + max(limit, GRACE_S))
+        try:
+            try:
+                reply = self._client_app(msg, context)
+            finally:
+                stopped = self._watchdog.disarm(token)
+        except ClientHung:
+            stopped = True
+        if stopped:
+            raise RuntimeError(
+                f"the client of node {msg.metadata.dst_node_id} was still running "
+                f"{limit + max(limit, GRACE_S):g} s after it started (runtime.client_timeout_s "
+                f"= {limit:g}) and was stopped; use backend = 'pool' or 'ray' for clients "
+                "that may hang (their workers can be replaced)")
+        if time.monotonic() - started > limit:
             return None  # finished late: its reply is not used
-        if call.error is not None:
-            raise call.error
-        return call.reply
+        return reply
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
