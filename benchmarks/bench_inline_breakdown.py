@@ -24,14 +24,13 @@ import datetime as dt
 import functools
 import json
 import pstats
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_runtime import bare_loop, bench_config, flower_run  # noqa: E402
+from benchmarks.bench_runtime import bare_loop, bench_config, flower_run, timed  # noqa: E402
 from benchmarks.results_file import machine, replace_section  # noqa: E402
 from clients import framework_threads  # noqa: E402
 
@@ -78,11 +77,7 @@ def components(cfg, repeats: int) -> dict:
     trainer = torch_trainer.TorchTrainer
     for name in ("fit", "set_weights", "get_weights"):
         timers.wrap(trainer, name, f"trainer.{name}")
-    wall = {"bare": [], "inline": []}
-    for _ in range(repeats):
-        start = time.perf_counter()
-        bare_loop(cfg)
-        wall["bare"].append(time.perf_counter() - start)
+    bare_wall = timed(bare_loop, cfg, repeats)[0]
     bare = {k: 1e6 * v / n for k, v in timers.seconds.items()}
     timers.seconds.clear()
     for owner, name, label in (
@@ -97,15 +92,11 @@ def components(cfg, repeats: int) -> dict:
         (fedavg, "aggregate_metricrecords", "FedAvg metrics average"),
     ):
         timers.wrap(owner, name, label)
-    for _ in range(repeats):
-        start = time.perf_counter()
-        flower_run(cfg)
-        wall["inline"].append(time.perf_counter() - start)
+    inline_wall = timed(flower_run, cfg, repeats)[0]
     inline_us = {k: 1e6 * v / n for k, v in timers.seconds.items()}
     timers.undo()
     return {"bare_us": bare, "inline_us": inline_us,
-            "bare_wall_s": statistics.median(wall["bare"]),
-            "inline_wall_s": statistics.median(wall["inline"])}
+            "bare_wall_s": bare_wall, "inline_wall_s": inline_wall}
 
 
 def packages(cfg) -> dict[str, float]:
@@ -117,7 +108,7 @@ def packages(cfg) -> dict[str, float]:
     torch_trainer.TorchTrainer.fit = lambda self, *args, **kwargs: 0.0
     try:
         flower_run(cfg)  # warm
-        no_fit = timed_run(cfg)
+        no_fit = timed(flower_run, cfg, 3)[0]
         profile = cProfile.Profile()
         profile.enable()
         flower_run(cfg)
@@ -140,15 +131,6 @@ def packages(cfg) -> dict[str, float]:
     total = sum(groups.values())
     return {"no_fit_us_per_client": 1e6 * no_fit / n,
             **{k: v / total for k, v in groups.most_common()}}
-
-
-def timed_run(cfg) -> float:
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        flower_run(cfg)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -172,13 +172,14 @@ class InlineGrid(Grid):
         """The ClientApp's reply to ``msg``, or ``None`` if it took longer than ``timeout``.
 
         The call runs in this thread: handing it to a client thread (as an earlier version
-        did, to stop waiting at the timeout) cost a thread switch per message, 14 % of a
-        run's wall time with federated evaluation (benchmarks/RESULTS.md).
+        did, to stop waiting at the timeout) cost a thread switch per message, 17 % of a
+        run's wall time with federated evaluation (benchmarks/bench_inline_breakdown.py).
         """
         context = self._contexts[msg.metadata.dst_node_id]
         limit = float("inf") if timeout is None else timeout
+        stop_after = limit + max(limit, GRACE_S)
         started = time.monotonic()
-        token = self._watchdog.arm(started + limit + max(limit, GRACE_S))
+        token = self._watchdog.arm(started + stop_after)
         try:
             try:
                 reply = self._client_app(msg, context)
@@ -189,7 +190,7 @@ class InlineGrid(Grid):
         if stopped:
             raise RuntimeError(
                 f"the client of node {msg.metadata.dst_node_id} was still running "
-                f"{limit + max(limit, GRACE_S):g} s after it started (runtime.client_timeout_s "
+                f"{stop_after:g} s after it started (runtime.client_timeout_s "
                 f"= {limit:g}) and was stopped; use backend = 'pool' or 'ray' for clients "
                 "that may hang (their workers can be replaced)")
         if time.monotonic() - started > limit:
